@@ -1,0 +1,167 @@
+"""Experiment configuration: YAML files in configs/ → typed dataclasses, validated up front.
+
+Every number of SPEC §4–6 lives here, so a run folder's config.yaml says exactly what ran.
+"""
+import dataclasses
+import os
+import typing
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema; the message says where and why."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    name: str = "cifar10"            # cifar10 | cifar100 | svhn | imagenet | fake-imagenet
+    dir: typing.Optional[str] = None  # folder holding the dataset files (no download, ever)
+    options: dict = dataclasses.field(default_factory=dict)  # passed to data.get_source (e.g. use_extra)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    n: typing.Optional[int] = 18         # CIFAR/SVHN: depth 6n+2
+    depth: typing.Optional[int] = None   # ImageNet: 18, 34, 50, 101 or 152
+    epsilon: float = 2.5
+    # [[epoch, ε], ...]: ε from that (1-based) epoch on; empty keeps `epsilon` throughout.
+    epsilon_schedule: list = dataclasses.field(default_factory=list)
+    gated: bool = True                   # False: the standard pre-activation ResNet baseline
+    side_output: bool = True
+    side_loss_weight: float = 0.1
+    gate_ema_decay: float = 0.95
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    batch_size: int = 128                # global batch, split across replicas
+    eval_batch_size: int = 128
+    max_epoch: int = 1000
+    steps_per_epoch: typing.Optional[int] = None  # None: training images // batch_size
+    momentum: float = 0.9
+    nesterov: bool = False
+    # L2 coefficient on Σ ½‖W‖² over conv and dense kernels: wd · rate^⌊step / steps⌋.
+    weight_decay: float = 0.0002
+    weight_decay_rate: float = 0.2
+    weight_decay_steps: int = 480000
+    # Learning rate: (epoch, lr) points, epochs from 1; lr_restart_schedule None = standard schedule.
+    lr_schedule: list = dataclasses.field(
+        default_factory=lambda: [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]])
+    lr_restart_schedule: typing.Optional[list] = dataclasses.field(
+        default_factory=lambda: [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]])
+    lr_restart_threshold: float = 1.0
+    lr_restart_last_k: int = 1
+    keep_checkpoints: int = 5
+    seed: typing.Optional[int] = None
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    log_every: int = 1                   # steps between progress-bar updates
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def _check_type(where, value, annotation):
+    """Raise ConfigError unless value fits a field annotation (ints are accepted as floats)."""
+    if value is None:
+        if typing.get_origin(annotation) is typing.Union and type(None) in typing.get_args(annotation):
+            return
+        raise ConfigError(f"{where} must not be null")
+    if typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    expected = {float: (int, float), int: (int,), bool: (bool,), str: (str,), list: (list,), dict: (dict,)}
+    expected = expected.get(typing.get_origin(annotation) or annotation, (object,))
+    if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+        raise ConfigError(f"{where} must be {' or '.join(t.__name__ for t in expected)}, "
+                          f"got {value!r} ({type(value).__name__})")
+
+
+def from_dict(raw, source="config"):
+    """Build a Config from nested dicts, naming any unknown key or mistyped value."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping with sections {sorted(SECTIONS)}, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; expected {sorted(SECTIONS)}")
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section '{name}' must be a mapping, got {values!r}")
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(values) - set(hints))
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {unknown} in section '{name}'; "
+                              f"expected some of {sorted(hints)}")
+        for key, value in values.items():
+            _check_type(f"{source}: {name}.{key}", value, hints[key])
+        sections[name] = cls(**values)
+    config = Config(**sections)
+    validate(config, source)
+    return config
+
+
+def _check_points(where, points):
+    if not points or any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in points):
+        raise ConfigError(f"{where} must be a non-empty list of [epoch, value] pairs, got {points!r}")
+    epochs = [p[0] for p in points]
+    if epochs != sorted(epochs) or len(set(epochs)) != len(epochs):
+        raise ConfigError(f"{where} epochs must increase strictly, got {epochs}")
+
+
+def validate(config, source="config"):
+    """Cross-field checks that the type checks cannot express."""
+    imagenet = config.data.name in ("imagenet", "fake-imagenet")
+    if imagenet and config.model.depth is None:
+        raise ConfigError(f"{source}: model.depth is required for {config.data.name}")
+    if not imagenet and (config.model.n is None or config.model.n < 1):
+        raise ConfigError(f"{source}: model.n must be >= 1 for {config.data.name}, got {config.model.n}")
+    if config.train.batch_size < 1 or config.train.max_epoch < 1:
+        raise ConfigError(f"{source}: train.batch_size and train.max_epoch must be >= 1")
+    _check_points(f"{source}: train.lr_schedule", config.train.lr_schedule)
+    if config.train.lr_restart_schedule is not None:
+        _check_points(f"{source}: train.lr_restart_schedule", config.train.lr_restart_schedule)
+    if config.model.epsilon_schedule:
+        _check_points(f"{source}: model.epsilon_schedule", config.model.epsilon_schedule)
+
+
+def load(path):
+    """Read a YAML config file; errors name the file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist (the shipped ones are in {CONFIG_DIR})")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return from_dict(raw or {}, source=path)
+
+
+def shipped(name):
+    """One of the configs/ files by name, e.g. shipped('cifar10')."""
+    return load(os.path.join(CONFIG_DIR, f"{name}.yaml"))
+
+
+def replace(config, **overrides):
+    """A copy with dotted overrides applied and re-validated, e.g. replace(c, **{'model.epsilon': 3.0})."""
+    raw = config.to_dict()
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        raw[section][key] = value
+    return from_dict(raw, source="command line")
+
+
+def dump(config):
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
