@@ -31,6 +31,7 @@ class ModelConfig:
     side_output: bool = True
     side_loss_weight: float = 0.1
     gate_ema_decay: float = 0.95
+    data_format: str = "channels_last"   # or channels_first (NCHW): faster on GPUs; CPUs need NHWC
 
 
 @dataclasses.dataclass
@@ -135,6 +136,9 @@ def validate(config, source="config"):
         _check_points(f"{source}: train.lr_restart_schedule", config.train.lr_restart_schedule)
     if config.model.epsilon_schedule:
         _check_points(f"{source}: model.epsilon_schedule", config.model.epsilon_schedule)
+    if config.model.data_format not in ("channels_last", "channels_first"):
+        raise ConfigError(f"{source}: model.data_format must be channels_last or channels_first, "
+                          f"got {config.model.data_format!r}")
 
 
 def load(path):

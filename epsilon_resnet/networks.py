@@ -20,6 +20,7 @@ STAGE_WIDTHS = {"cifar": (16, 32, 64), "imagenet": (64, 128, 256, 512)}
 IMAGENET_DEPTHS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3)),
                    101: (True, (3, 4, 23, 3)), 152: (True, (3, 8, 36, 3))}
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # tensorpack's BatchNorm defaults, which the original trained with.
+DATA_FORMATS = ("channels_last", "channels_first")  # NHWC, NCHW
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,15 +120,17 @@ class PixelNormalization(keras.layers.Layer):
 class ChannelPad(keras.layers.Layer):
     """Zero-pads channels on both sides: the parameter-free CIFAR downsampling shortcut."""
 
-    def __init__(self, pad, **kwargs):
+    def __init__(self, pad, data_format="channels_last", **kwargs):
         super().__init__(**kwargs)
-        self.pad = int(pad)
+        self.pad, self.data_format = int(pad), data_format
 
     def call(self, x):
-        return tf.pad(x, [[0, 0], [0, 0], [0, 0], [self.pad, self.pad]])
+        paddings = [[0, 0]] * 4
+        paddings[1 if self.data_format == "channels_first" else 3] = [self.pad, self.pad]
+        return tf.pad(x, paddings)
 
     def get_config(self):
-        return {**super().get_config(), "pad": self.pad}
+        return {**super().get_config(), "pad": self.pad, "data_format": self.data_format}
 
 
 def set_normalization(model, mean, scale):
@@ -137,22 +140,24 @@ def set_normalization(model, mean, scale):
     layer.scale.assign(np.broadcast_to(np.asarray(scale, np.float32), layer.scale.shape))
 
 
-def conv(x, filters, kernel, name, stride=1):
+def conv(x, filters, kernel, name, data_format, stride=1):
     # He-normal with fan_out, no bias: the original's convolutions.
     return keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=name,
+                               data_format=data_format,
                                kernel_initializer=keras.initializers.VarianceScaling(
                                    2.0, "fan_out", "truncated_normal"))(x)
 
 
-def bn_relu(x, name):
-    x = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(x)
+def bn_relu(x, name, data_format):
+    x = keras.layers.BatchNormalization(axis=1 if data_format == "channels_first" else -1, momentum=BN_MOMENTUM,
+                                        epsilon=BN_EPSILON, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def classifier(x, num_classes, name, prefix):
+def classifier(x, num_classes, name, prefix, data_format):
     """BN-ReLU → global average pool → dense: the head, and the side head."""
-    x = bn_relu(x, prefix)
-    x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}_gap")(x)
+    x = bn_relu(x, prefix, data_format)
+    x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name=f"{prefix}_gap")(x)
     return keras.layers.Dense(num_classes, name=name, dtype="float32",
                               kernel_initializer=keras.initializers.VarianceScaling(
                                   2.0, "fan_in", "truncated_normal"))(x)
@@ -173,7 +178,7 @@ def first_unit_rules(structure, stage):
     return 2, "both", "conv"
 
 
-def residual_unit(x, structure, stage, unit, epsilon, gated):
+def residual_unit(x, structure, stage, unit, epsilon, gated, data_format):
     """One unit: a full pre-activation block, or (a discarded first block) its shortcut alone."""
     width = STAGE_WIDTHS[structure.family][stage]
     out_width = width * 4 if structure.bottleneck else width
@@ -182,37 +187,44 @@ def residual_unit(x, structure, stage, unit, epsilon, gated):
     stride, preact, shortcut_kind = first_unit_rules(structure, stage) if unit == 0 else (1, "bnrelu", "identity")
     has_branch = unit > 0 or structure.first_block_kept[stage]
 
-    branch_in = bn_relu(x, f"{prefix}_preact") if preact != "none" and (has_branch or preact == "both") else x
+    needs_preact = preact != "none" and (has_branch or preact == "both")
+    branch_in = bn_relu(x, f"{prefix}_preact", data_format) if needs_preact else x
     shortcut = branch_in if preact == "both" else x
     if shortcut_kind == "pool_pad":
-        shortcut = keras.layers.AveragePooling2D(2, name=f"{prefix}_pool")(shortcut)
-        shortcut = ChannelPad(out_width // 4, name=f"{prefix}_pad")(shortcut)
+        shortcut = keras.layers.AveragePooling2D(2, data_format=data_format, name=f"{prefix}_pool")(shortcut)
+        shortcut = ChannelPad(out_width // 4, data_format, name=f"{prefix}_pad")(shortcut)
     elif shortcut_kind == "conv":
-        shortcut = conv(shortcut, out_width, 1, f"{prefix}_convshortcut", stride)
+        shortcut = conv(shortcut, out_width, 1, f"{prefix}_convshortcut", data_format, stride)
     if not has_branch:
         return shortcut
 
     if structure.bottleneck:  # stride on the 3x3 conv, as fb.resnet.torch and the original did
-        h = bn_relu(conv(branch_in, width, 1, f"{prefix}_conv1"), f"{prefix}_conv1")
-        h = bn_relu(conv(h, width, 3, f"{prefix}_conv2", stride), f"{prefix}_conv2")
-        h = conv(h, out_width, 1, f"{prefix}_conv3")
+        h = bn_relu(conv(branch_in, width, 1, f"{prefix}_conv1", data_format), f"{prefix}_conv1", data_format)
+        h = bn_relu(conv(h, width, 3, f"{prefix}_conv2", data_format, stride), f"{prefix}_conv2", data_format)
+        h = conv(h, out_width, 1, f"{prefix}_conv3", data_format)
     else:
-        h = bn_relu(conv(branch_in, width, 3, f"{prefix}_conv1", stride), f"{prefix}_conv1")
-        h = conv(h, width, 3, f"{prefix}_conv2")
+        h = bn_relu(conv(branch_in, width, 3, f"{prefix}_conv1", data_format, stride), f"{prefix}_conv1",
+                    data_format)
+        h = conv(h, width, 3, f"{prefix}_conv2", data_format)
     if gated:
         h = StrictIdentity(epsilon, block=block, name=f"{prefix}_gate")(h)
     return keras.layers.Add(name=f"{prefix}_add")([shortcut, h])
 
 
 def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilon=0.0,
-                 image_shape=None, name=None):
+                 image_shape=None, name=None, data_format="channels_last"):
     """Build a pre-activation ResNet; outputs {"logits"} and, with side_output, {"side_logits"}.
 
     With `gated`, every real block's residual branch goes through a StrictIdentity gate
     sharing one non-trainable ε variable, reachable as `model.epsilon`.
+    `data_format="channels_first"` (NCHW, faster on GPUs) still takes NHWC images and
+    transposes them after normalisation; weights have the same shapes in both layouts, so
+    checkpoints move freely between them.
     """
     if not isinstance(structure, Structure):
         raise TypeError(f"structure must be a Structure, got {type(structure).__name__}")
+    if data_format not in DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     cifar = structure.family == "cifar"
@@ -224,18 +236,20 @@ def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilo
 
     images = keras.Input(image_shape, name="images")
     x = PixelNormalization(image_shape if cifar else (3,), () if cifar else (3,), name="preprocess")(images)
+    if data_format == "channels_first":
+        x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
     if cifar:
-        x = bn_relu(conv(x, 16, 3, "conv0"), "conv0")
+        x = bn_relu(conv(x, 16, 3, "conv0", data_format), "conv0", data_format)
     else:
-        x = bn_relu(conv(x, 64, 7, "conv0", stride=2), "conv0")
-        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool0")(x)
+        x = bn_relu(conv(x, 64, 7, "conv0", data_format, stride=2), "conv0", data_format)
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", data_format=data_format, name="pool0")(x)
     outputs = {}
     for stage, units in enumerate(structure.stage_units):
         for unit in range(units):
-            x = residual_unit(x, structure, stage, unit, eps_var, gated)
+            x = residual_unit(x, structure, stage, unit, eps_var, gated, data_format)
             if side_at == (stage, unit):
-                outputs["side_logits"] = classifier(x, num_classes, "side_linear", "side")
-    outputs = {"logits": classifier(x, num_classes, "linear", "bnlast"), **outputs}
+                outputs["side_logits"] = classifier(x, num_classes, "side_linear", "side", data_format)
+    outputs = {"logits": classifier(x, num_classes, "linear", "bnlast", data_format), **outputs}
     model = keras.Model(images, outputs, name=name or ("epsilon_resnet" if gated else "resnet"))
     model.epsilon = eps_var
     return model

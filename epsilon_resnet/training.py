@@ -51,7 +51,7 @@ def build_model(config, source):
     """The network a config describes, with the data source's input normalisation stored in it."""
     model = build_resnet(structure_for(config), source.num_classes, gated=config.model.gated,
                          side_output=config.model.side_output, epsilon=config.model.epsilon,
-                         image_shape=source.image_shape)
+                         image_shape=source.image_shape, data_format=config.model.data_format)
     for gate in gates_of(model):
         gate.ema_decay = config.model.gate_ema_decay
     set_normalization(model, source.pixel_mean, source.pixel_scale)
@@ -213,8 +213,7 @@ class Trainer:
 
     def restore(self, path):
         """Restore a full checkpoint (weights, optimizer, step, schedule state)."""
-        if not tf.io.gfile.exists(path + ".index"):
-            raise RunError(f"no checkpoint {path!r} (expected the file {path}.index)")
+        check_checkpoint(path)
         try:
             self.checkpoint.restore(path).expect_partial()
         except (tf.errors.OpError, ValueError) as err:
@@ -279,19 +278,36 @@ class Trainer:
         return self.model
 
 
+def check_checkpoint(path):
+    """A checkpoint is named by its prefix, e.g. train_log.x/model-3900 (files .index and .data-*)."""
+    if not tf.io.gfile.exists(path + ".index"):
+        folder = os.path.dirname(path) or "."
+        steps = sorted(int(f[6:-6]) for f in os.listdir(folder) if f.startswith("model-")
+                       and f.endswith(".index") and f[6:-6].isdigit()) if os.path.isdir(folder) else []
+        raise RunError(f"no checkpoint {path!r}: expected the file {path}.index"
+                       + (f"; {folder} has checkpoints at steps {steps}" if steps else ""))
+
+
 def _wrong(logits, labels):
     return tf.cast(tf.not_equal(tf.argmax(logits, -1, output_type=tf.int32), tf.cast(labels, tf.int32)), tf.float32)
 
 
 def train_and_evaluate(config, run_dir, load=None, strategy=None, progress=True):
-    """Train a config into run_dir: resume from its latest checkpoint, else start from `load` or scratch."""
-    prepare_run_dir(run_dir, config)
-    setup_logging(run_dir)
-    trainer = Trainer(config, run_dir, strategy=strategy)
-    latest = trainer.manager.latest_checkpoint
+    """Train a config into run_dir: resume from its latest checkpoint, else start from `load` or scratch.
+
+    The dataset and the --load checkpoint are checked before the run folder is created, so
+    a mistyped path leaves nothing behind.
+    """
+    source = data.get_source(config.data.name, config.data.dir, **config.data.options)
+    if load:
+        check_checkpoint(load)
+    latest = tf.train.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
     if latest and load:
         raise RunError(f"{run_dir} already has checkpoints (latest {latest}); it resumes by itself. "
                        f"Drop --load, or choose another output name to start from {load}")
+    prepare_run_dir(run_dir, config)
+    setup_logging(run_dir)
+    trainer = Trainer(config, run_dir, source=source, strategy=strategy)
     if latest or load:
         trainer.restore(latest or load)
         logger.info("%s from %s at global step %d, epoch %d", "resumed" if latest else "loaded",

@@ -1,0 +1,111 @@
+"""cifarEpsilonResnet.py end to end on a tiny CIFAR-10: run folder contents, --load, resume, bad input."""
+import hashlib
+import json
+import os
+
+import pytest
+
+from data_fixtures import write_cifar10_python
+from epsilon_resnet.callbacks import read_metrics
+from epsilon_resnet.cli import cifar_main
+
+EPOCH_KEYS = {"learning_rate", "epsilon", "train_error", "val_error", "val_error_side", "cost",
+              "discarded_cnt", "discarded_ratio", "global_step"}
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+    return write_cifar10_python(str(tmp_path_factory.mktemp("cifar")), num_train=40, num_test=16, seed=0)
+
+
+def write_config(folder, data_dir, **train):
+    train = {"batch_size": 8, "eval_batch_size": 8, "max_epoch": 2, "steps_per_epoch": 3, "seed": 0, **train}
+    path = os.path.join(folder, "tiny.yaml")
+    with open(path, "w") as f:
+        json.dump({"data": {"name": "cifar10", "dir": data_dir}, "model": {"n": 1, "epsilon": 2.5},
+                   "train": train}, f)  # JSON is YAML
+    return path
+
+
+def run(*argv):
+    """cifar_main's exit code (0 when it returns)."""
+    try:
+        cifar_main(list(argv))
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def snapshot(folder):
+    return {name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest()
+            for name in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, name))}
+
+
+def test_short_run_writes_log_metrics_events_and_checkpoints_then_resumes(tmp_path, monkeypatch, tiny_cifar):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(str(tmp_path), tiny_cifar)
+    assert run("--config", config, "-o", "tiny", "--cifar10") == 0
+    run_dir = tmp_path / "train_log.tiny"
+    records = read_metrics(str(run_dir))
+    assert [r["epoch"] for r in records] == [1, 2] and [r["global_step"] for r in records] == [3, 6]
+    assert EPOCH_KEYS <= set(records[0])
+    for block in ("res1.0", "res2.0", "res3.0"):
+        assert {f"{block}/is_discarded", f"{block}/max_abs", f"{block}/mean_abs"} <= set(records[-1])
+    assert records[0]["learning_rate"] == pytest.approx(0.1) and records[0]["epsilon"] == 2.5
+    assert (run_dir / "model-3.index").exists() and (run_dir / "model-6.index").exists()
+    assert "epoch 2 done" in (run_dir / "log.log").read_text()
+    assert os.listdir(run_dir / "train") and os.listdir(run_dir / "validation")  # TensorBoard events
+
+    # The same command with more epochs resumes from model-6 instead of starting again.
+    assert run("--config", config, "-o", "tiny", "--cifar10", "--max-epoch", "3") == 0
+    records = read_metrics(str(run_dir))
+    assert [(r["epoch"], r["global_step"]) for r in records] == [(1, 3), (2, 6), (3, 9)]
+    assert "resumed from" in (run_dir / "log.log").read_text()
+
+    # --load starts a new run from a checkpoint: its step and epoch go on from there.
+    assert run("--config", config, "-o", "loaded", "--load", str(run_dir / "model-6"), "--max-epoch", "3") == 0
+    loaded = read_metrics(str(tmp_path / "train_log.loaded"))
+    assert [(r["epoch"], r["global_step"]) for r in loaded] == [(3, 9)]
+
+
+def test_missing_data_folder_fails_before_writing_anything(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    missing = str(tmp_path / "no-such-folder")
+    assert run("--config", write_config(str(tmp_path), missing), "-o", "x") == 1
+    assert missing in capsys.readouterr().err
+    assert not (tmp_path / "train_log.x").exists()
+
+
+def test_unknown_dataset_flag_is_a_usage_error(capsys):
+    assert run("--cifar1000") == 2
+    assert "unrecognized arguments: --cifar1000" in capsys.readouterr().err
+
+
+def test_malformed_config_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {batch_size: -}\n")
+    assert run("--config", str(bad), "-o", "x") == 1
+    assert "train.batch_size" in capsys.readouterr().err
+    assert not (tmp_path / "train_log.x").exists()
+
+
+def test_missing_or_corrupt_checkpoint_for_load(tmp_path, monkeypatch, capsys, tiny_cifar):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(str(tmp_path), tiny_cifar)
+    assert run("--config", config, "-o", "a", "--load", str(tmp_path / "model-99")) == 1
+    assert "model-99.index" in capsys.readouterr().err
+    (tmp_path / "model-5.index").write_bytes(b"not a checkpoint")
+    (tmp_path / "model-5.data-00000-of-00001").write_bytes(b"garbage")
+    assert run("--config", config, "-o", "b", "--load", str(tmp_path / "model-5")) == 1
+    assert "cannot load checkpoint" in capsys.readouterr().err
+
+
+def test_existing_run_of_another_model_is_left_untouched(tmp_path, monkeypatch, capsys, tiny_cifar):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(str(tmp_path), tiny_cifar, max_epoch=1)
+    assert run("--config", config, "-o", "r") == 0
+    before = snapshot(tmp_path / "train_log.r")
+    assert run("--config", config, "-o", "r", "-n", "2") == 1
+    assert "different 'model' configuration" in capsys.readouterr().err
+    assert snapshot(tmp_path / "train_log.r") == before
