@@ -13,10 +13,11 @@ from epsilon_resnet import distribute
 def training_parser(description):
     """The flags every training script shares."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--gpu", help="comma-separated GPUs to use, e.g. 0,1,2,3; their count is the number "
-                                      "of replicas (the global batch is split across them)")
+    parser.add_argument("--gpu", type=distribute.gpu_flag,
+                        help="comma-separated GPUs to use, e.g. 0,1,2,3; their count is the number "
+                             "of replicas (the global batch is split across them)")
     parser.add_argument("-e", "--epsilon", type=float, help="ε of the strict-identity gates")
-    parser.add_argument("-o", "--output", help="run name: everything goes to train_log.<output>/")
+    parser.add_argument("-o", "--output", type=run_name, help="run name: everything goes to train_log.<output>/")
     parser.add_argument("--load", help="checkpoint to start from, e.g. train_log.x/model-39000")
     parser.add_argument("--data", help="folder holding the dataset files (nothing is downloaded)")
     parser.add_argument("--config", help="YAML config to use instead of the shipped configs/<dataset>.yaml")
@@ -25,6 +26,14 @@ def training_parser(description):
     parser.add_argument("--batch-size", type=int, help="global batch size")
     parser.add_argument("--cpu-replicas", type=int, help="train on N logical CPU devices with MirroredStrategy "
                                                         "(the multi-GPU code path, on a machine without GPUs)")
+    parser.add_argument("--resume", action="store_true", help="continue the run folder's latest checkpoint (what "
+                                                              "re-running the same command does), and fail if "
+                                                              "there is none")
+    parser.add_argument("--keep-checkpoints", type=int, metavar="K", help="keep the last K checkpoints (default: "
+                                                                          "the config's train.keep_checkpoints)")
+    parser.add_argument("--keep-step", type=int, action="append", metavar="S",
+                        help="also keep the checkpoint of global step S for good, in <run folder>/kept/ "
+                             "(an epoch end; repeat the flag for several; replaces train.keep_checkpoint_steps)")
     return parser
 
 
@@ -40,8 +49,17 @@ def resolve_config(args, dataset, **overrides):
     config = config_lib.load(args.config) if args.config else config_lib.shipped(dataset)
     flags = {"data.name": dataset, "data.dir": args.data, "model.epsilon": args.epsilon,
              "train.max_epoch": args.max_epoch, "train.steps_per_epoch": args.steps_per_epoch,
-             "train.batch_size": args.batch_size, **overrides}
+             "train.batch_size": args.batch_size, "train.keep_checkpoints": args.keep_checkpoints,
+             "train.keep_checkpoint_steps": args.keep_step, **overrides}
     return config_lib.replace(config, **{k: v for k, v in flags.items() if v is not None})
+
+
+def run_name(text):
+    """argparse type of -o: a name, since the run folder is train_log.<name>/ in the current folder."""
+    if not text or "/" in text or os.sep in text:
+        raise argparse.ArgumentTypeError(f"-o takes a run name like cifar10-e_2.5-n_18 (the run goes to "
+                                         f"train_log.<name>/ in the current folder), not a path: {text!r}")
+    return text
 
 
 def run_training(args, dataset, default_output, **overrides):
@@ -53,7 +71,7 @@ def run_training(args, dataset, default_output, **overrides):
     try:
         config = resolve_config(args, dataset, **overrides)
         run_dir = f"train_log.{args.output or default_output(config)}"
-        training.train_and_evaluate(config, run_dir, load=args.load,
+        training.train_and_evaluate(config, run_dir, load=args.load, resume=args.resume,
                                     strategy=distribute.make_strategy(args.cpu_replicas))
     except (ConfigError, training.RunError, FileNotFoundError, ValueError) as err:
         fail(err)

@@ -53,8 +53,11 @@ class TrainConfig:
         default_factory=lambda: [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]])
     lr_restart_threshold: float = 1.0
     lr_restart_last_k: int = 1
-    keep_checkpoints: int = 5
+    keep_checkpoints: int = 5            # the last K checkpoints stay in the run folder
+    # Global steps (epoch ends) whose checkpoints are kept for good, in <run folder>/kept/.
+    keep_checkpoint_steps: list = dataclasses.field(default_factory=list)
     seed: typing.Optional[int] = None
+    deterministic: bool = False          # tf.config.experimental.enable_op_determinism(); needs a seed
     mixed_precision: bool = False
     jit_compile: bool = False
     log_every: int = 1                   # steps between progress-bar updates
@@ -115,8 +118,13 @@ def from_dict(raw, source="config"):
 
 
 def _check_points(where, points):
-    if not points or any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in points):
-        raise ConfigError(f"{where} must be a non-empty list of [epoch, value] pairs, got {points!r}")
+    def is_number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    if not points or any(not isinstance(p, (list, tuple)) or len(p) != 2 or not all(map(is_number, p))
+                         for p in points):
+        raise ConfigError(f"{where} must be a non-empty list of [epoch, value] pairs of numbers, got {points!r} "
+                          f"(YAML reads 1e-3 and 1.0e30 as strings: write 0.001, 1.0e-3 or 1.0e+30)")
     epochs = [p[0] for p in points]
     if epochs != sorted(epochs) or len(set(epochs)) != len(epochs):
         raise ConfigError(f"{where} epochs must increase strictly, got {epochs}")
@@ -131,6 +139,14 @@ def validate(config, source="config"):
         raise ConfigError(f"{source}: model.n must be >= 1 for {config.data.name}, got {config.model.n}")
     if config.train.batch_size < 1 or config.train.max_epoch < 1:
         raise ConfigError(f"{source}: train.batch_size and train.max_epoch must be >= 1")
+    if config.train.keep_checkpoints < 1:
+        raise ConfigError(f"{source}: train.keep_checkpoints must be >= 1 (the last K checkpoints are kept), "
+                          f"got {config.train.keep_checkpoints}")
+    steps = config.train.keep_checkpoint_steps
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
+        raise ConfigError(f"{source}: train.keep_checkpoint_steps must be a list of global steps >= 1, got {steps!r}")
+    if config.train.deterministic and config.train.seed is None:
+        raise ConfigError(f"{source}: train.deterministic needs train.seed: without a seed no two runs are alike")
     _check_points(f"{source}: train.lr_schedule", config.train.lr_schedule)
     if config.train.lr_restart_schedule is not None:
         _check_points(f"{source}: train.lr_restart_schedule", config.train.lr_restart_schedule)
@@ -141,15 +157,20 @@ def validate(config, source="config"):
                           f"got {config.model.data_format!r}")
 
 
-def load(path):
-    """Read a YAML config file; errors name the file."""
+def read_yaml(path, error, missing):
+    """The parsed YAML file at path; `error(missing)` when there is no such file, `error` naming it when invalid."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist (the shipped ones are in {CONFIG_DIR})")
+        raise error(missing)
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            return yaml.safe_load(f)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise error(f"{path}: not valid YAML: {err}") from None
+
+
+def load(path):
+    """Read a YAML config file; errors name the file."""
+    raw = read_yaml(path, ConfigError, f"config file {path!r} does not exist (the shipped ones are in {CONFIG_DIR})")
     return from_dict(raw or {}, source=path)
 
 

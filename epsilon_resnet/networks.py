@@ -218,8 +218,8 @@ def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilo
     With `gated`, every real block's residual branch goes through a StrictIdentity gate
     sharing one non-trainable ε variable, reachable as `model.epsilon`.
     `data_format="channels_first"` (NCHW, faster on GPUs) still takes NHWC images and
-    transposes them after normalisation; weights have the same shapes in both layouts, so
-    checkpoints move freely between them.
+    transposes them after normalisation. The transpose is a layer of its own, so a checkpoint
+    restores only into a network of the layout it was trained with.
     """
     if not isinstance(structure, Structure):
         raise TypeError(f"structure must be a Structure, got {type(structure).__name__}")

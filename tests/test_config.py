@@ -23,6 +23,7 @@ def test_round_trip_through_yaml(tmp_path):
     ("model: {epsilon: true}", "model.epsilon must be int or float"),
     ("train: {lr_schedule: [[0, 0.1], [0, 0.01]]}", "epochs must increase strictly"),
     ("train: {lr_schedule: [0.1]}", "list of [epoch, value] pairs"),
+    ("train: {lr_schedule: [[0, 1e-1]]}", "YAML reads 1e-3 and 1.0e30 as strings"),
     ("model: {n: 0}", "model.n must be >= 1"),
     ("data: {name: imagenet}", "model.depth is required"),
     ("model: [1, 2]", "section 'model' must be a mapping"),

@@ -1,7 +1,5 @@
 """svhnEpsilonResnet.py and imagenetEpsilonResnet.py end to end: short SVHN and --fake ImageNet
 runs, --eval --load, and the refusals (NCHW without a GPU, bad flags, a checkpoint of another net)."""
-import hashlib
-import json
 import os
 import re
 import subprocess
@@ -17,22 +15,9 @@ from epsilon_resnet import config as config_lib
 from epsilon_resnet.callbacks import read_metrics
 from epsilon_resnet.cli import IMAGENET_DEPTH_CHOICES, imagenet_main, svhn_main
 from epsilon_resnet.networks import IMAGENET_DEPTHS
+from cli_helpers import exit_code, snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def exit_code(main, *argv):
-    """A main function's exit code (0 when it returns)."""
-    try:
-        main(list(argv))
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
-
-
-def snapshot(folder):
-    return {name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest()
-            for name in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, name))}
 
 
 @pytest.fixture(scope="module")

@@ -1,44 +1,18 @@
 """cifarEpsilonResnet.py end to end on a tiny CIFAR-10: run folder contents, --load, resume, bad input."""
-import hashlib
-import json
+import functools
 import os
 
 import pytest
 
-from data_fixtures import write_cifar10_python
 from epsilon_resnet.callbacks import read_metrics
 from epsilon_resnet.cli import cifar_main
+from cli_helpers import exit_code, snapshot, write_tiny_config
+
+run = functools.partial(exit_code, cifar_main)
+write_config = functools.partial(write_tiny_config, model={"n": 1, "epsilon": 2.5})
 
 EPOCH_KEYS = {"learning_rate", "epsilon", "train_error", "val_error", "val_error_side", "cost",
               "discarded_cnt", "discarded_ratio", "global_step"}
-
-
-@pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory):
-    return write_cifar10_python(str(tmp_path_factory.mktemp("cifar")), num_train=40, num_test=16, seed=0)
-
-
-def write_config(folder, data_dir, **train):
-    train = {"batch_size": 8, "eval_batch_size": 8, "max_epoch": 2, "steps_per_epoch": 3, "seed": 0, **train}
-    path = os.path.join(folder, "tiny.yaml")
-    with open(path, "w") as f:
-        json.dump({"data": {"name": "cifar10", "dir": data_dir}, "model": {"n": 1, "epsilon": 2.5},
-                   "train": train}, f)  # JSON is YAML
-    return path
-
-
-def run(*argv):
-    """cifar_main's exit code (0 when it returns)."""
-    try:
-        cifar_main(list(argv))
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
-
-
-def snapshot(folder):
-    return {name: hashlib.sha256(open(os.path.join(folder, name), "rb").read()).hexdigest()
-            for name in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, name))}
 
 
 def test_short_run_writes_log_metrics_events_and_checkpoints_then_resumes(tmp_path, monkeypatch, tiny_cifar):
@@ -109,3 +83,10 @@ def test_existing_run_of_another_model_is_left_untouched(tmp_path, monkeypatch, 
     assert run("--config", config, "-o", "r", "-n", "2") == 1
     assert "different 'model' configuration" in capsys.readouterr().err
     assert snapshot(tmp_path / "train_log.r") == before
+
+
+def test_output_must_be_a_name_not_a_path(tmp_path, monkeypatch, capsys, tiny_cifar):
+    monkeypatch.chdir(tmp_path)
+    assert run("--config", write_config(str(tmp_path), tiny_cifar), "-o", "runs/a") == 2
+    assert "not a path: 'runs/a'" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["tiny.yaml"]

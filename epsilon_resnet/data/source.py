@@ -59,11 +59,17 @@ class DataSource:
         return (f"{type(self).__name__}(name={self.name!r}, num_classes={self.num_classes}, "
                 f"image_shape={self.image_shape}, num_train={self.num_train}, num_eval={self.num_eval})")
 
-    def train_dataset(self, batch_size, seed=None, input_context=None):
-        """Endless augmented batches of (float32 images, int32 labels) for one input pipeline."""
+    def train_dataset(self, batch_size, seed=None, input_context=None, start_step=0):
+        """Endless augmented batches of (float32 images, int32 labels) for one input pipeline.
+
+        `start_step` global steps of `batch_size` are taken as done: the stream starts where
+        a run that trained that many steps left it (so a resumed run sees the same batches
+        as one that never stopped), without loading or augmenting the skipped examples.
+        """
         if seed is None:
             seed = random.SystemRandom().randrange(2 ** 31)
         shard = Shard.of(input_context)
+        start = start_step * batch_size // shard.count  # this pipeline's share of the examples already used
         if input_context is not None:
             batch_size = input_context.get_per_replica_batch_size(batch_size)
         augment_key = tf.constant([seed, AUGMENT_STREAM], tf.int64)
@@ -74,8 +80,8 @@ class DataSource:
             key = tf.random.experimental.stateless_fold_in(augment_key, position)
             return augment.apply_random(self.train_augment, tf.cast(image, tf.float32), key), label
 
-        dataset = self._train_examples(seed, shard).enumerate().map(augmented, num_parallel_calls=AUTOTUNE)
-        dataset = _finish(dataset, batch_size, drop_remainder=True)
+        dataset = self._train_examples_from(seed, shard, start).enumerate(start)
+        dataset = _finish(dataset.map(augmented, num_parallel_calls=AUTOTUNE), batch_size, drop_remainder=True)
         if input_context is not None:  # already sharded here: tf.distribute must not shard again
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -94,6 +100,18 @@ class DataSource:
         """Endless (image, label) stream of this shard, reshuffled every epoch."""
         raise NotImplementedError
 
+    def _train_examples_from(self, seed, shard, start):
+        """That stream from its example `start` on.
+
+        A stream that cannot seek (tfds records behind a shuffle buffer) would have to read
+        and decode every skipped example; it starts afresh instead, from a seed derived from
+        (seed, start): still reproducible, but not the batches an uninterrupted run saw.
+        IndexedSource seeks exactly.
+        """
+        if start:
+            seed = int(np.random.SeedSequence([seed, start]).generate_state(1)[0] % 2 ** 31)
+        return self._train_examples(seed, shard)
+
     def _eval_examples(self):
         """Finite (image, label) stream in a fixed order."""
         raise NotImplementedError
@@ -104,11 +122,12 @@ def _finish(dataset, batch_size, drop_remainder):
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
 
 
-def shuffled_indices(num_examples, seed, shard):
-    """This shard's example indices, each epoch in a fresh seeded order, forever.
+def shuffled_indices(num_examples, seed, shard, start=0):
+    """This shard's example indices, each epoch in a fresh seeded order, forever, from position `start`.
 
     Shuffling indices instead of examples gives a full shuffle (not a buffer's partial
-    one) at the cost of a few bytes per example.
+    one) at the cost of a few bytes per example, and lets a resumed run seek: whole
+    epochs are jumped over, and only the indices of the current one are skipped.
     """
     indices = tf.range(shard.index, num_examples, shard.count, dtype=tf.int64)
     if indices.shape[0] == 0:
@@ -120,7 +139,8 @@ def shuffled_indices(num_examples, seed, shard):
             indices, seed=tf.random.experimental.stateless_fold_in(key, epoch))
         return tf.data.Dataset.from_tensor_slices(order)
 
-    return tf.data.Dataset.counter().flat_map(epoch_order)
+    first_epoch, offset = divmod(start, int(indices.shape[0]))
+    return tf.data.Dataset.counter(first_epoch).flat_map(epoch_order).skip(offset)
 
 
 class IndexedSource(DataSource):
@@ -153,8 +173,8 @@ class IndexedSource(DataSource):
     def _example(self, *row):
         return row
 
-    def _train_examples(self, seed, shard):
-        return self._loaded("train", shuffled_indices(self.num_train, seed, shard))
+    def _train_examples_from(self, seed, shard, start):
+        return self._loaded("train", shuffled_indices(self.num_train, seed, shard, start))
 
     def _eval_examples(self):
         return self._loaded("eval", tf.data.Dataset.range(self.num_eval))

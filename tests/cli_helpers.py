@@ -1,0 +1,34 @@
+"""What the command-line tests share: exit codes, folder snapshots, tiny training configs."""
+import hashlib
+import os
+
+import yaml
+
+
+def exit_code(main, *argv):
+    """A main function's exit code (0 when it returns)."""
+    try:
+        main([str(a) for a in argv])
+    except SystemExit as exit_:
+        return exit_.code
+    return 0
+
+
+def snapshot(folder):
+    """{relative path: sha256} of every file below folder, to prove a command left it untouched."""
+    hashes = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                hashes[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return hashes
+
+
+def write_tiny_config(folder, data_dir, model=None, **train):
+    """folder/tiny.yaml: ResNet-8 (n=1) on data_dir, batches of 8, 3 steps per epoch, 2 epochs, seed 0."""
+    train = {"batch_size": 8, "eval_batch_size": 8, "max_epoch": 2, "steps_per_epoch": 3, "seed": 0, **train}
+    path = os.path.join(folder, "tiny.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump({"data": {"name": "cifar10", "dir": data_dir}, "model": model or {"n": 1}, "train": train}, f)
+    return path

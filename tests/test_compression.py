@@ -1,0 +1,398 @@
+"""Compression (SPEC §8): which blocks go, the kept structure, weights copied by name, the
+lossless check, the .cfg and checkpoint written beside the run without touching it."""
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from epsilon_resnet import compression as C
+from epsilon_resnet import config as config_lib
+from epsilon_resnet import data, training
+from epsilon_resnet.callbacks import gate_summary
+from epsilon_resnet.compression_cli import imagenet_compressed_main
+from epsilon_resnet.gate import StrictIdentity, gates_of
+from epsilon_resnet.networks import Structure, build_resnet, cifar_structure, set_normalization
+from cli_helpers import exit_code, snapshot
+
+RNG = np.random.default_rng(7)
+
+
+def images(count=4, shape=(32, 32, 3)):
+    return RNG.uniform(0, 255, (count, *shape)).astype(np.float32)
+
+
+def randomize_batch_norms(model):
+    """Distinct BN parameters and statistics everywhere, so a weight copied to the wrong layer shows."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.gamma.shape
+            layer.gamma.assign(RNG.uniform(0.5, 1.5, size))
+            layer.beta.assign(RNG.uniform(-0.2, 0.2, size))
+            layer.moving_mean.assign(RNG.uniform(-0.2, 0.2, size))
+            layer.moving_variance.assign(RNG.uniform(0.5, 2.0, size))
+
+
+def close_blocks(model, blocks):
+    """Zero the last conv of each block's residual branch: F(x) = 0, so its gate stays closed."""
+    for block in blocks:
+        prefix = block.replace("/", "_")
+        convs = sorted(l.name for l in model.layers if l.name.startswith(prefix + "_conv") and "shortcut" not in l.name)
+        kernel = model.get_layer(convs[-1]).kernel
+        kernel.assign(np.zeros(kernel.shape, np.float32))
+
+
+def gated_cifar(n, closed, ema_steps=0):
+    """A gated CIFAR network (ε = 0: every non-zero branch is open) with `closed` blocks shut.
+
+    ema_steps training-mode batches with EMA decay 0.5 drive the closed blocks' is_discarded
+    averages to 1 (in float32, exactly 1 after 25 steps).
+    """
+    model = build_resnet(cifar_structure(n), 10, epsilon=0.0)
+    set_normalization(model, 120.0, 1 / 128)
+    randomize_batch_norms(model)
+    close_blocks(model, closed)
+    for gate in gates_of(model):
+        gate.ema_decay = 0.5
+    batch = images(8)
+    for _ in range(ema_steps):
+        model(batch, training=True)
+    return model
+
+
+def assert_same_logits(gated, compressed, x):
+    expected = gated(x, training=False)["logits"].numpy()
+    np.testing.assert_allclose(compressed(x, training=False)["logits"].numpy(), expected, rtol=0, atol=1e-5)
+    assert np.abs(expected).max() > 0.1  # not trivially equal
+
+
+# ---- the network transformation ---------------------------------------------------------------
+def test_closed_blocks_are_dropped_and_the_compressed_network_computes_the_same_logits():
+    closed = ["res1.1", "res2.0", "res2.2", "res3.1"]
+    gated = gated_cifar(3, closed, ema_steps=30)
+    discarded = C.discarded_blocks(gate_summary(gated), cifar_structure(3).block_names(), 0.5)
+    assert discarded == closed
+
+    compressed, kept, renames = C.compress_model(gated, cifar_structure(3), discarded)
+    assert kept == Structure("cifar", (2, 2, 2), (True, False, True))
+    assert {old: new for old, new in renames.items() if old != new} == {"res1.2": "res1.1", "res3.2": "res3.1"}
+    assert not gates_of(compressed) and set(compressed.output) == {"logits"}
+    names = {layer.name for layer in compressed.layers}
+    assert "res2.0_pool" in names and "res2.0_conv1" not in names and "res2.0_preact_bn" not in names
+    np.testing.assert_array_equal(compressed.get_layer("res1.1_conv1").kernel.numpy(),
+                                  gated.get_layer("res1.2_conv1").kernel.numpy())
+    np.testing.assert_array_equal(compressed.get_layer("res3.1_preact_bn").moving_variance.numpy(),
+                                  gated.get_layer("res3.2_preact_bn").moving_variance.numpy())
+    assert_same_logits(gated, compressed, images(4))
+
+
+@pytest.mark.parametrize("closed, expected", [
+    ([], Structure("cifar", (2, 2, 2), (True,) * 3)),
+    (cifar_structure(2).block_names(), Structure("cifar", (1, 1, 1), (False,) * 3)),
+])
+def test_nothing_or_everything_discarded(closed, expected):
+    gated = gated_cifar(2, closed)
+    compressed, kept, _ = C.compress_model(gated, cifar_structure(2), closed)
+    assert kept == expected
+    if closed:  # only the stem, the stage shortcuts and the head are left
+        weighted = sorted(layer.name for layer in compressed.layers if layer.weights)
+        assert weighted == ["bnlast_bn", "conv0", "conv0_bn", "linear", "preprocess"]
+    assert_same_logits(gated, compressed, images(4))
+
+
+def test_bottleneck_network_keeps_the_shortcut_convolutions_of_discarded_first_blocks():
+    """ImageNet blocks: group0/block0's widening convshortcut and group1/block0's both_preact
+    BN + convshortcut survive when those blocks are discarded."""
+    structure = Structure("imagenet", (1, 2, 2, 1), (True,) * 4, bottleneck=True)
+    gated = build_resnet(structure, 10, epsilon=0.0, side_output=False, image_shape=(32, 32, 3))
+    set_normalization(gated, [120.0, 115.0, 100.0], [0.02, 0.02, 0.02])
+    randomize_batch_norms(gated)
+    closed = ["group0/block0", "group1/block0", "group2/block1"]
+    close_blocks(gated, closed)
+    compressed, kept, _ = C.compress_model(gated, structure, closed)
+    assert kept == Structure("imagenet", (1, 2, 1, 1), (False, False, True, True), bottleneck=True)
+    names = {layer.name for layer in compressed.layers}
+    assert {"group0_block0_convshortcut", "group1_block0_preact_bn", "group1_block0_convshortcut"} <= names
+    assert "group1_block0_conv1" not in names and "group2_block1_conv1" not in names
+    assert_same_logits(gated, compressed, images(4))
+
+
+def test_weights_that_do_not_fit_are_errors_naming_the_layer():
+    gated = gated_cifar(2, [])
+    structure = cifar_structure(2)
+    too_big = build_resnet(Structure("cifar", (3, 2, 2), (True,) * 3), 10, gated=False, side_output=False)
+    renames = {name: name for name in structure.block_names()} | {"res1.2": "res1.2"}
+    with pytest.raises(C.CompressionError, match=r"'res1.2_preact_bn'.*no source layer"):
+        C.copy_weights(gated, too_big, renames)
+    other_classes = build_resnet(structure, 100, gated=False, side_output=False)
+    with pytest.raises(C.CompressionError, match=r"layer 'linear'.*shape \(64, 100\).*\(64, 10\)"):
+        C.copy_weights(gated, other_classes, {name: name for name in structure.block_names()})
+    # Dropping a block that was not declared discarded would lose its weights.
+    smaller, renames = C.compressed_structure(structure, ["res3.1"])
+    target = build_resnet(smaller, 10, gated=False, side_output=False)
+    with pytest.raises(C.CompressionError, match=r"outside the discarded blocks.*res3.1_conv1"):
+        C.copy_weights(gated, target, renames, discarded=())
+    with pytest.raises(C.CompressionError, match=r"cannot discard \['res4.0'\]"):
+        C.compressed_structure(structure, ["res4.0"])
+
+
+def test_network_cost_counts_conv_and_dense_macs_and_trainable_parameters():
+    model = build_resnet(cifar_structure(1), 10)
+    convs = [(32, 3, 16), (32, 16, 16), (32, 16, 16), (16, 16, 32), (16, 32, 32), (8, 32, 64), (8, 64, 64)]
+    macs = sum(side * side * 9 * c_in * c_out for side, c_in, c_out in convs) + 64 * 10
+    bn_widths = [16, 16, 16, 32, 32, 64, 64]  # conv0; res1.0 conv1; res2.0, res3.0 preact + conv1; bnlast
+    params = sum(9 * c_in * c_out for _, c_in, c_out in convs) + 2 * sum(bn_widths) + 64 * 10 + 10
+    assert C.network_cost(model) == {"params": params, "macs": macs}  # the side head is not counted
+
+
+# ---- "reached 1" --------------------------------------------------------------------------------
+def float32_ema_fixed_point(decay):
+    """Where the gate's float32 update ema·d + 1·(1−d) stops moving for a block closed forever."""
+    ema, d, step = np.float32(0), np.float32(decay), np.float32(1.0 - decay)
+    while (new := np.float32(ema * d) + step) != ema:
+        ema = new
+    return ema
+
+
+def test_a_closed_block_stalls_below_one_in_float32_and_still_counts_as_discarded():
+    layer = StrictIdentity(keras.Variable(1.0, trainable=False), block="res1.0", ema_decay=0.95)
+    closed_step = tf.function(lambda: layer(tf.zeros((1, 2, 2, 1)), training=True))
+    for _ in range(400):
+        closed_step()
+    stalled = float(layer.is_discarded.numpy())
+    assert stalled < 1.0 and stalled == float32_ema_fixed_point(0.95)
+    assert C.reached_one(stalled, 0.95)
+    for decay in (0.5, 0.9, 0.99, 0.999):
+        assert C.reached_one(float32_ema_fixed_point(decay), decay)
+
+
+def test_a_block_open_within_the_last_hundred_steps_has_not_reached_one():
+    for decay in (0.9, 0.95, 0.99):
+        ema = np.float32(float32_ema_fixed_point(decay) * decay)  # open once (x = 0) ...
+        for _ in range(100):                                     # ... then closed again
+            ema = np.float32(ema * np.float32(decay)) + np.float32(1.0 - decay)
+        assert not C.reached_one(ema, decay)
+    assert not C.reached_one(0.9999, 0.95) and C.reached_one(1.0, 0.95)
+
+
+def test_discarded_blocks_need_every_block_in_the_record():
+    with pytest.raises(C.CompressionError, match=r"no is_discarded average for block\(s\) \['res1.1'\]"):
+        C.discarded_blocks({"global_step": 5, "res1.0/is_discarded": 1.0}, ["res1.0", "res1.1"], 0.95)
+
+
+# ---- a run folder ---------------------------------------------------------------------------------
+class ArraySource:
+    """The DataSource interface compression uses, over a few random images."""
+    num_classes, image_shape = 10, (32, 32, 3)
+
+    def __init__(self, count=12):
+        self.pixel_mean, self.pixel_scale = np.float32(110.0), np.float32(1 / 128)
+        self.images, self.labels = images(count), RNG.integers(0, 10, count).astype(np.int32)
+
+    def eval_dataset(self, batch_size):
+        return tf.data.Dataset.from_tensor_slices((self.images, self.labels)).batch(batch_size)
+
+
+RUN_CONFIG = {"data": {"name": "cifar10", "dir": None}, "model": {"n": 2, "epsilon": 0.01},
+              "train": {"batch_size": 4, "eval_batch_size": 4}}
+CLOSED = ["res1.1", "res2.0"]
+
+
+def write_run(folder, source, averages=None, steps=(6, 12), raw_config=RUN_CONFIG, closed=CLOSED):
+    """A run folder as training leaves it: config.yaml, metrics.jsonl, checkpoints model-<step>.
+
+    The checkpoints hold model, optimizer and state like the Trainer's; `averages` overrides
+    recorded is_discarded values (closed blocks 1.0, others 0.3 by default).
+    """
+    os.makedirs(folder)
+    config = config_lib.from_dict(raw_config)
+    with open(os.path.join(folder, "config.yaml"), "w") as f:
+        f.write(config_lib.dump(config))
+    gated = training.build_model(config, source)
+    randomize_batch_norms(gated)
+    close_blocks(gated, closed)
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(gated.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=gated, optimizer=optimizer, state=training.TrainingState())
+    blocks = training.structure_for(config).block_names()
+    averages = {b: 1.0 if b in closed else 0.3 for b in blocks} | (averages or {})
+    with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
+        for epoch, step in enumerate(steps, 1):
+            checkpoint.write(os.path.join(folder, f"model-{step}"))
+            record = {"epoch": epoch, "global_step": step, "val_error": 0.5 + epoch / 100, "val_error_side": 0.7,
+                      "epsilon": 0.01, **{f"{b}/is_discarded": a for b, a in averages.items()}}
+            f.write(json.dumps(record) + "\n")
+    return gated
+
+
+@pytest.fixture(scope="module")
+def source():
+    return ArraySource()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, source):
+    folder = str(tmp_path_factory.mktemp("runs") / "train_log.tiny")
+    gated = write_run(folder, source)
+    before = snapshot(folder)
+    cfg_path, cfg = C.compress_run(os.path.dirname(folder), 12, source=source)  # found below its parent
+    return folder, gated, before, cfg_path, cfg
+
+
+def test_compress_run_writes_cfg_and_weights_that_round_trip(run, source):
+    folder, gated, _, cfg_path, cfg = run
+    assert cfg_path == os.path.join(folder, "compressed_model_12.cfg")
+    with open(cfg_path) as f:
+        assert yaml.safe_load(f) == cfg
+    assert cfg["dataset"] == "cifar10" and cfg["n"] == 2 and cfg["step"] == 12 and cfg["epoch"] == 2
+    assert cfg["source_checkpoint"] == "model-12" and cfg["epsilon"] == pytest.approx(0.01)
+    assert cfg["discarded_blocks"] == CLOSED and cfg["first_block_discarded"] == [False, True, False]
+    assert (cfg["stage_units"], cfg["first_block_kept"]) == ([1, 2, 2], [True, False, True])
+    assert cfg["recorded_errors"] == {"val_error": 0.52, "val_error_side": 0.7}
+    check = cfg["check"]
+    assert check["images"] == 12 and check["batches"] == 3 and check["max_abs_logit_difference"] <= 1e-5
+    assert check["gated_error"] == check["compressed_error"] and cfg["warnings"] == []
+    assert cfg["cost"]["compressed"]["params"] < cfg["cost"]["full"]["params"]
+    assert cfg["cost"]["compressed"]["macs"] < cfg["cost"]["full"]["macs"]
+
+    spec = C.read_cfg(cfg_path)
+    model = C.load_compressed(spec)
+    assert spec.structure == Structure("cifar", (1, 2, 2), (True, False, True))
+    x = source.images[:4]
+    np.testing.assert_allclose(model(x)["logits"].numpy(), gated(x, training=False)["logits"].numpy(), atol=1e-5)
+    # The per-pixel mean came from the checkpoint, not from the data source.
+    assert np.all(model.get_layer("preprocess").mean.numpy() == 110.0)
+
+
+def test_the_run_folder_is_unchanged_except_for_the_new_files(run):
+    folder, _, before, _, _ = run
+    after = snapshot(folder)
+    assert {k: v for k, v in after.items() if k in before} == before
+    assert sorted(set(after) - set(before)) == ["compressed_model_12.cfg", "compressed_model_12.data-00000-of-00001",
+                                                "compressed_model_12.index"]
+
+
+def test_existing_outputs_are_never_overwritten(run, source):
+    folder, _, _, _, _ = run
+    before = snapshot(folder)
+    with pytest.raises(C.CompressionError, match=r"already holds \['compressed_model_12.cfg'"):
+        C.compress_run(folder, 12, source=source)
+    assert snapshot(folder) == before
+
+
+def test_a_step_without_checkpoint_or_metrics_lists_the_available_ones(tmp_path, source):
+    folder = str(tmp_path / "run")
+    write_run(folder, source)
+    os.remove(os.path.join(folder, "model-6.index"))
+    with pytest.raises(training.RunError, match=r"model-6.*checkpoints at steps \[12\]"):
+        C.compress_run(folder, 6, source=source)
+    with pytest.raises(C.CompressionError, match=r"no epoch ending at step 7; the recorded steps are \[6, 12\]"):
+        C.compress_run(folder, 7, source=source)
+    assert not [f for f in os.listdir(folder) if f.startswith("compressed")]
+
+
+def test_several_runs_below_the_folder_are_listed(tmp_path):
+    for name in ("train_log.a", "train_log.b"):
+        os.makedirs(tmp_path / name)
+        for file in ("config.yaml", "metrics.jsonl"):
+            (tmp_path / name / file).write_text("")
+    with pytest.raises(C.CompressionError, match=r"several: \[.*train_log.a', .*train_log.b'\]"):
+        C.find_run(str(tmp_path))
+    assert C.find_run(str(tmp_path / "train_log.a")) == str(tmp_path / "train_log.a")
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(C.CompressionError, match="found none"):
+        C.find_run(str(tmp_path / "empty"))
+    with pytest.raises(C.CompressionError, match="is not a folder"):
+        C.find_run(str(tmp_path / "missing"))
+
+
+def test_strict_keeps_a_discarded_block_whose_gate_opens(tmp_path, source):
+    """res3.1's average says 1 but its branch is not zero: on validation data its gate opens."""
+    folder = str(tmp_path / "run")
+    write_run(folder, source, averages={"res3.1": 1.0})
+    _, cfg = C.compress_run(folder, 12, source=source, check_batches=2)
+    assert cfg["discarded_blocks"] == ["res1.1", "res2.0", "res3.1"]
+    assert cfg["check"]["images"] == 8 and cfg["check"]["discarded_blocks_opened"] == ["res3.1"]
+    assert cfg["check"]["max_abs_logit_difference"] > 1e-3
+    assert any("discarded block res3.1 opened" in w for w in cfg["warnings"])
+
+    strict_folder = str(tmp_path / "strict")
+    write_run(strict_folder, source, averages={"res3.1": 1.0})
+    _, cfg = C.compress_run(strict_folder, 12, source=source, strict=True)
+    assert cfg["discarded_blocks"] == CLOSED and cfg["check"]["kept_by_strict"] == ["res3.1"]
+    assert cfg["stage_units"] == [1, 2, 2] and cfg["check"]["max_abs_logit_difference"] <= 1e-5
+
+
+# ---- reading .cfg files ----------------------------------------------------------------------------
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text + "\n  bad: [unclosed\n", "not valid YAML"),
+    (lambda text: "- just a list\n", "expected a mapping"),
+    (lambda text: text.replace("stage_units:", "units:"), "missing key 'stage_units'"),
+    (lambda text: text.replace("dataset: cifar10", "dataset: mnist"), "unknown dataset 'mnist'"),
+    (lambda text: text.replace("\nn: 2", "\nn: two"), "needs an integer 'n'"),
+    (lambda text: text.replace("first_block_kept: [true, false, true]", "first_block_kept: [true]"), "has 3 stages"),
+    (lambda text: text.replace("stage_units: [1, 2, 2]", "stage_units: [1, 3, 2]"), "exceed"),
+])
+def test_malformed_cfg_is_a_clear_error(run, tmp_path, edit, message):
+    with open(run[3]) as f:
+        text = f.read()
+    path = tmp_path / "edited.cfg"
+    path.write_text(edit(text))
+    with pytest.raises(C.CompressionError, match=message):
+        C.read_cfg(str(path))
+
+
+def test_weights_that_do_not_fit_the_cfg_are_refused(run, tmp_path):
+    folder, _, _, cfg_path, _ = run
+    with open(cfg_path) as f:
+        raw = yaml.safe_load(f)
+    raw["stage_units"], raw["weights"] = [2, 2, 2], os.path.join(folder, raw["weights"])
+    wrong = tmp_path / "wrong.cfg"
+    wrong.write_text(yaml.safe_dump(raw))
+    with pytest.raises(C.CompressionError, match="do not fit the network"):
+        C.load_compressed(C.read_cfg(str(wrong)))
+    raw["stage_units"], raw["weights"] = [1, 2, 2], "missing_weights"
+    wrong.write_text(yaml.safe_dump(raw))
+    with pytest.raises(C.CompressionError, match=r"missing_weights.index does not exist"):
+        C.load_compressed(C.read_cfg(str(wrong)))
+
+
+def test_data_of_another_shape_or_class_count_is_refused(run):
+    spec = C.read_cfg(run[3])
+    C.check_source_fits(spec, ArraySource())
+    wider = ArraySource()
+    wider.num_classes = 100
+    with pytest.raises(C.CompressionError, match=r"for 10 classes of \[32, 32, 3\].*has 100 classes"):
+        C.check_source_fits(spec, wider)
+
+
+def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
+    model = build_resnet(cifar_structure(1), 10, gated=False, side_output=False)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(C.CompressionError, match="not an empty folder"):
+        C.export_saved_model(model, str(tmp_path / "full"))
+    assert os.listdir(tmp_path / "full") == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["full"]
+
+
+def test_imagenet_run_compresses_and_evaluates_top1_and_top5(tmp_path, capsys):
+    """ResNet-18 on fake ImageNet (32×32, 20 classes): group1/block0 (convshortcut kept) and
+    group2/block1 discarded; imagenetCompressedResnet.py prints the errors the check measured."""
+    options = {"image_size": 32, "num_classes": 20, "num_train": 16, "num_eval": 12}
+    raw = {"data": {"name": "fake-imagenet", "options": options}, "model": {"depth": 18, "epsilon": 0.01},
+           "train": {"eval_batch_size": 4}}
+    folder = str(tmp_path / "run")
+    write_run(folder, data.get_source("fake-imagenet", **options), steps=(5,), raw_config=raw,
+              closed=["group1/block0", "group2/block1"])
+    cfg_path, cfg = C.compress_run(folder, 5)
+    assert (cfg["depth"], cfg["stage_units"], cfg["first_block_kept"]) == (18, [2, 2, 1, 2], [True, False, True, True])
+    assert cfg["check"]["max_abs_logit_difference"] <= 1e-5 and cfg["check"]["images"] == 12
+    assert exit_code(imagenet_compressed_main, "--cfg", cfg_path) == 0
+    top1, top5 = capsys.readouterr().out.splitlines()[:2]
+    assert top1 == f"Top-1 error: {cfg['check']['compressed_error']}" and top5.startswith("Top-5 error: ")
+    assert 0 <= float(top5.split(": ")[1]) <= float(top1.split(": ")[1])
+
+

@@ -1,0 +1,133 @@
+"""compressModel.py and cifarCompressedResnet.py end to end: a short ε-ResNet run on a tiny
+CIFAR-10 whose blocks all close (ε = 1e3, EMA decay 0.5), compressed at its last step,
+evaluated, exported; and the command lines' errors."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data_fixtures import write_cifar10_python
+from epsilon_resnet import compression, data
+from epsilon_resnet.callbacks import read_metrics
+from epsilon_resnet.compression_cli import (compress_main, cifar_compressed_main, imagenet_compressed_main,
+                                            svhn_compressed_main)
+from cli_helpers import exit_code, snapshot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def python(*args, cwd, pythonpath=ROOT):
+    env = {**os.environ, "PYTHONPATH": pythonpath, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """train_log.tiny/ after 3 epochs of 10 steps of ResNet-8 (n=1), every gate closed throughout."""
+    work = tmp_path_factory.mktemp("work")
+    data_dir = write_cifar10_python(str(work / "data"), num_train=40, num_test=16, seed=0)
+    config = {"data": {"name": "cifar10", "dir": data_dir},
+              "model": {"n": 1, "epsilon": 1e3, "gate_ema_decay": 0.5},
+              "train": {"batch_size": 8, "eval_batch_size": 8, "max_epoch": 3, "steps_per_epoch": 10, "seed": 0}}
+    (work / "tiny.yaml").write_text(json.dumps(config))  # JSON is YAML
+    done = python(os.path.join(ROOT, "scripts", "cifarEpsilonResnet.py"), "--config", "tiny.yaml", "-o", "tiny",
+                  cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work, work / "train_log.tiny", data_dir
+
+
+def test_compress_evaluate_and_export_reproduce_the_gated_network(trained, tmp_path, capsys):
+    work, run_dir, data_dir = trained
+    record = read_metrics(str(run_dir))[-1]
+    step = record["global_step"]
+    assert step == 30 and record["discarded_cnt"] == 3.0  # every average reached 1
+    before = snapshot(run_dir)
+
+    assert exit_code(compress_main, "--dir", work, "--step", step) == 0
+    out = capsys.readouterr().out
+    assert "discarded 3 of 3 blocks" in out and "max |logit difference| 0" in out
+    after = snapshot(run_dir)
+    assert {k: v for k, v in after.items() if k in before} == before  # byte for byte
+    assert sorted(set(after) - set(before)) == [f"compressed_model_{step}.cfg",
+                                                f"compressed_model_{step}.data-00000-of-00001",
+                                                f"compressed_model_{step}.index"]
+    cfg_path = run_dir / f"compressed_model_{step}.cfg"
+    spec = compression.read_cfg(str(cfg_path))
+    assert spec.structure.stage_units == (1, 1, 1) and spec.structure.first_block_kept == (False,) * 3
+
+    # A second compression of the same step is refused and changes nothing.
+    assert exit_code(compress_main, "--dir", run_dir, "--step", step) == 1
+    assert "already holds" in capsys.readouterr().err and snapshot(run_dir) == after
+
+    export = tmp_path / "exported"
+    assert exit_code(cifar_compressed_main, "--cfg", cfg_path, "--cifar10", "--export", export) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"Error: {record['val_error']}"
+
+    # The SavedModel runs with TensorFlow alone (no epsilon_resnet on the path) and gives the same logits.
+    images = np.concatenate([x.numpy() for x, _ in data.get_source("cifar10", data_dir).eval_dataset(8)])
+    np.save(tmp_path / "images.npy", images)
+    script = ("import sys, numpy as np, tensorflow as tf\n"
+              "model = tf.saved_model.load('exported')  # kept: a temporary would lose its variables\n"
+              "logits = model.serve(tf.constant(np.load('images.npy'))).numpy()\n"
+              "assert 'epsilon_resnet' not in sys.modules\n"
+              "np.save('served.npy', logits)\n")
+    served = python("-c", script, cwd=tmp_path, pythonpath="")
+    assert served.returncode == 0, served.stderr[-3000:]
+    expected = compression.load_compressed(spec)(images)["logits"].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, rtol=1e-5, atol=1e-5)
+
+    # An export folder that is not empty is refused before anything is evaluated.
+    assert exit_code(cifar_compressed_main, "--cfg", cfg_path, "--export", export) == 1
+    captured = capsys.readouterr()
+    assert "not an empty folder" in captured.err and "Error:" not in captured.out
+
+
+def test_kept_blocks_that_closed_are_reported_on_a_partial_check(trained, capsys):
+    """At step 10 the averages are 1 − 2⁻¹⁰: nothing is discarded, yet every gate was closed."""
+    _, run_dir, _ = trained
+    assert exit_code(compress_main, "--dir", run_dir, "--step", 10, "--check-batches", 1) == 0
+    captured = capsys.readouterr()
+    assert "kept block(s) ['res1.0', 'res2.0', 'res3.0'] were closed" in captured.err
+    assert "check on 8 validation images" in captured.out
+    spec = compression.read_cfg(str(run_dir / "compressed_model_10.cfg"))
+    assert spec.structure.stage_units == (1, 1, 1) and spec.structure.first_block_kept == (True,) * 3
+
+
+def test_command_line_errors_exit_nonzero_with_the_reason(trained, tmp_path, capsys):
+    work, run_dir, _ = trained
+    failed = python(os.path.join(ROOT, "scripts", "compressModel.py"), "--dir", run_dir, "--step", 25, cwd=work)
+    assert failed.returncode == 1 and "the recorded steps are [10, 20, 30]" in failed.stderr
+
+    assert exit_code(compress_main, "--dir", run_dir, "--step", 20, "--check-batches", 0) == 2
+    os.makedirs(tmp_path / "two" / "a"), os.makedirs(tmp_path / "two" / "b")
+    for folder in ("a", "b"):
+        for name in ("config.yaml", "metrics.jsonl"):
+            (tmp_path / "two" / folder / name).write_text("")
+    assert exit_code(compress_main, "--dir", tmp_path / "two", "--step", 20) == 1
+    assert "found several" in capsys.readouterr().err
+
+    cfg = run_dir / "compressed_model_30.cfg"
+    if not cfg.exists():  # this test may run alone
+        assert exit_code(compress_main, "--dir", run_dir, "--step", 30) == 0
+    capsys.readouterr()
+    for main, argv, message in [
+        (cifar_compressed_main, ["--cifar100"], "a compressed cifar10 network; this command evaluates cifar100"),
+        (svhn_compressed_main, [], "evaluates svhn"),
+        (imagenet_compressed_main, [], "evaluates imagenet or fake-imagenet"),
+    ]:
+        assert exit_code(main, "--cfg", cfg, *argv) == 1
+        assert message in capsys.readouterr().err
+
+    broken = tmp_path / "broken.cfg"
+    text = cfg.read_text().replace("weights: compressed_model_30", f"weights: {run_dir}/compressed_model_30")
+    broken.write_text(text.replace("num_classes: 10", "num_classes: 100"))
+    assert exit_code(cifar_compressed_main, "--cfg", broken) == 1
+    assert "do not fit the network" in capsys.readouterr().err
+    broken.write_text(text.replace("weights:", "weight_file:"))
+    assert exit_code(cifar_compressed_main, "--cfg", broken) == 1
+    assert "missing key 'weights'" in capsys.readouterr().err
