@@ -25,7 +25,7 @@ class LearningRateSetter(keras.callbacks.Callback):
         self.policy, self.optimizer, self.history = policy, optimizer, []
 
     def on_epoch_end(self, epoch, logs=None):
-        self.history.append(float(logs["discarded_cnt"]))
+        self.history.append(float(logs.get("discarded_cnt", 0.0)))  # a plain network discards nothing
         lr = self.policy.after_epoch(epoch, self.history)
         if lr is not None:
             if self.policy.last_restart == epoch:
@@ -99,24 +99,3 @@ class EpochLogger(keras.callbacks.Callback):
 
 def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
-
-
-def read_metrics(run_dir):
-    """The per-epoch records of a run's metrics.jsonl, one per epoch (the last written wins)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: is it a train_log.<output> folder of this project?")
-    records = {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                # Only the last line can be cut short (a kill during the write); anything else is damage.
-                if f.read().strip():
-                    raise ValueError(f"{path}:{number} is not valid JSON") from None
-                break
-            records[record["epoch"]] = record
-    return [records[e] for e in sorted(records)]

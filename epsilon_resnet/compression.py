@@ -26,7 +26,7 @@ import yaml
 
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import data, training
-from epsilon_resnet.callbacks import read_metrics
+from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.gate import StrictIdentity, gates_of
 from epsilon_resnet.networks import Structure, build_resnet, cifar_structure, imagenet_structure
 

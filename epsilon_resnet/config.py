@@ -152,6 +152,9 @@ def validate(config, source="config"):
         _check_points(f"{source}: train.lr_restart_schedule", config.train.lr_restart_schedule)
     if config.model.epsilon_schedule:
         _check_points(f"{source}: model.epsilon_schedule", config.model.epsilon_schedule)
+    epsilons = [config.model.epsilon] + [eps for _, eps in config.model.epsilon_schedule]
+    if any(eps < 0 for eps in epsilons):
+        raise ConfigError(f"{source}: ε must be >= 0 (a block is discarded when every |F| <= ε), got {epsilons}")
     if config.model.data_format not in ("channels_last", "channels_first"):
         raise ConfigError(f"{source}: model.data_format must be channels_last or channels_first, "
                           f"got {config.model.data_format!r}")

@@ -202,7 +202,7 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, run_dir, max_to_keep=train.keep_checkpoints,
                                                   checkpoint_name="model")
         self.lr_setter = cbs.LearningRateSetter(self.policy, self.optimizer)
-        self._train_step = self._compile_train_step()
+        self.train_step = self._compile_train_step()  # (iterator, stop) -> step stats; benchmarks time it
         self._eval_step = tf.function(self._eval_batch, jit_compile=train.jit_compile)
 
     # ---- steps -------------------------------------------------------------------------
@@ -413,7 +413,7 @@ class Trainer:
         sums = state["sums"]  # partial sums of an interrupted epoch, or empty
         for step in range(state["step_in_epoch"], self.steps_per_epoch):
             callbacks.on_train_batch_begin(step)
-            values = {k: float(v) for k, v in self._train_step(iterator, stop.tensor()).items()}
+            values = {k: float(v) for k, v in self.train_step(iterator, stop.tensor()).items()}
             stopping = values.pop("stop_requests") > 0
             if not math.isfinite(values["cost"]):
                 raise RunError(f"the loss became {values['cost']} at global step {self.global_step} (step {step + 1} "

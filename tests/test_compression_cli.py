@@ -11,7 +11,7 @@ import pytest
 
 from data_fixtures import write_cifar10_python
 from epsilon_resnet import compression, data
-from epsilon_resnet.callbacks import read_metrics
+from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.compression_cli import (compress_main, cifar_compressed_main, imagenet_compressed_main,
                                             svhn_compressed_main)
 from cli_helpers import exit_code, snapshot

@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from epsilon_resnet import distribute
-from epsilon_resnet.callbacks import read_metrics
+from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.cli import cifar_main
 from cli_helpers import write_tiny_config
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 from epsilon_resnet import callbacks as cbs
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import training
-from epsilon_resnet.callbacks import read_metrics
+from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.cli import cifar_main
 from cli_helpers import exit_code, write_tiny_config
 

@@ -116,3 +116,14 @@ def test_one_shared_epsilon_variable_moves_every_gate():
     images = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     one_train_step(model, images)
     assert all(float(g.is_discarded.numpy()) > 0 for g in gates_of(model))
+
+
+@pytest.mark.parametrize("eps, expected", [(0.5, 1.0), (2.5, 0.0)])
+def test_gradient_of_the_gated_branch_is_the_gate(eps, expected):
+    """d(gate·F)/dF = gate: the step-function gate itself passes no gradient back to F."""
+    f = tf.constant(scaled_to_max(np.random.default_rng(1), 1.0))
+    layer = StrictIdentity(keras.Variable(eps, trainable=False), block="res1.0")
+    with tf.GradientTape() as tape:
+        tape.watch(f)
+        out = layer(f, training=True)
+    np.testing.assert_array_equal(tape.gradient(out, f).numpy(), np.full(f.shape, expected, np.float32))

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from epsilon_resnet.callbacks import read_metrics
+from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.cli import cifar_main
 from cli_helpers import exit_code, snapshot, write_tiny_config
 
@@ -90,3 +90,13 @@ def test_output_must_be_a_name_not_a_path(tmp_path, monkeypatch, capsys, tiny_ci
     assert run("--config", write_config(str(tmp_path), tiny_cifar), "-o", "runs/a") == 2
     assert "not a path: 'runs/a'" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["tiny.yaml"]
+
+
+def test_plain_network_trains_with_the_step_schedule(tmp_path, monkeypatch, tiny_cifar):
+    monkeypatch.chdir(tmp_path)
+    config = write_tiny_config(str(tmp_path), tiny_cifar, model={"n": 1, "gated": False, "side_output": False},
+                               lr_schedule=[[0, 0.1], [2, 0.01]], lr_restart_schedule=None)
+    assert run("--config", config, "-o", "plain") == 0
+    records = read_metrics(str(tmp_path / "train_log.plain"))
+    assert [r["learning_rate"] for r in records] == pytest.approx([0.1, 0.01])
+    assert not any(key.endswith("/is_discarded") or key.startswith("discarded") for key in records[-1])

@@ -1,0 +1,192 @@
+"""What the benchmarks share: the project's own training step on a fixed batch, interleaved
+A/B timing with medians, a per-op profile, the machine note and the result report.
+
+Every number a benchmark judges is a ratio of variants timed side by side in one process,
+in alternating blocks (order reversed every round), so a change in machine load between
+blocks hits every variant alike; the verdict uses the median over rounds.
+"""
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from epsilon_resnet import config as config_lib  # noqa: E402
+from epsilon_resnet import training  # noqa: E402
+from epsilon_resnet.data import augment  # noqa: E402
+from epsilon_resnet.data.source import ArraySource  # noqa: E402
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+OTHER_TRAINING = "cifarEpsilonResnet"  # another session's long CIFAR run that may share the machine
+
+
+def cores():
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def other_training_running():
+    return subprocess.run(["pgrep", "-f", OTHER_TRAINING], capture_output=True).returncode == 0
+
+
+def resnet_arguments(parser, steps, steps_help, repeats):
+    """The flags every benchmark takes: --n (CIFAR depth 6n+2), --batch, --steps and --repeats."""
+    parser.add_argument("--n", type=int, default=18, help="CIFAR ResNet depth 6n+2 (18: ResNet-110)")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=steps, help=steps_help)
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed blocks (or runs) per variant")
+
+
+def random_cifar_batch(batch, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8), (np.arange(batch) % 10).astype(np.int32)
+
+
+@contextlib.contextmanager
+def cifar_training_step(n, batch, gated, side_output):
+    """Yields a function that runs one step of the project's compiled training step
+    (`training.Trainer`: losses, weight decay, SGD update, gate EMAs; the gates' cross-replica
+    reduction is a no-op with one replica, as in any single-device run) for a CIFAR ResNet of
+    depth 6n+2, on one fixed in-memory batch so that no input pipeline is measured. The
+    trainer is attached as `step.trainer`.
+    """
+    images, labels = random_cifar_batch(batch)
+    source = ArraySource("benchmark", 10, (images, labels), (images, labels), augment.CIFAR_TRAIN)
+    config = config_lib.from_dict({"model": {"n": n, "gated": gated, "side_output": side_output},
+                                   "train": {"batch_size": batch, "seed": 0, "steps_per_epoch": 1}})
+    with tempfile.TemporaryDirectory(prefix="benchmark-run-") as run_dir:
+        trainer = training.Trainer(config, run_dir, source=source)
+        batches = iter(tf.data.Dataset.from_tensors((tf.constant(images, tf.float32), tf.constant(labels))).repeat())
+        no_stop = tf.constant(False)
+
+        def step():
+            return float(trainer.train_step(batches, no_stop)["cost"])  # float(): waits for the step
+
+        step.trainer = trainer
+        yield step
+
+
+def repeat(fn, times):
+    def block():
+        for _ in range(times):
+            fn()
+    return block
+
+
+def interleaved(blocks, rounds, warmup=1):
+    """{name: [seconds of each round]} for `blocks` {name: fn}, run in turn `rounds` times,
+    the order reversed every other round; each block first runs `warmup` times untimed
+    (tracing, graph optimisation, allocator growth)."""
+    for block in blocks.values():
+        for _ in range(warmup):
+            block()
+    seconds, order = {name: [] for name in blocks}, list(blocks)
+    for r in range(rounds):
+        for name in order if r % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            blocks[name]()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
+def paired_ratio(values, numerator, denominator):
+    """Median and range of the per-round ratios numerator/denominator of {name: [value per round]}
+    (seconds or rates): each ratio pairs blocks that ran next to each other."""
+    ratios = [a / b for a, b in zip(values[numerator], values[denominator])]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
+
+
+def medians(seconds):
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def op_seconds(run):
+    """CPU seconds per TensorFlow op name ("scope/op:Type") while `run()` executes, from a
+    TensorFlow profiler trace (the TF executor threads' events; nested executor events dropped)."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    with tempfile.TemporaryDirectory(prefix="benchmark-profile-") as logdir:
+        tf.profiler.experimental.start(logdir)
+        try:
+            run()
+        finally:
+            tf.profiler.experimental.stop()
+        space = xplane_pb2.XSpace()
+        path = next(os.path.join(root, f) for root, _, files in os.walk(logdir) for f in files
+                    if f.endswith(".xplane.pb"))
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+    seconds = {}
+    for plane in space.planes:
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                if ":" in name and "::" not in name:
+                    seconds[name] = seconds.get(name, 0.0) + event.duration_ps * 1e-12
+    return seconds
+
+
+def verdict(value, target, at_most=True):
+    return "PASS" if (value <= target if at_most else value >= target) else "MISS"
+
+
+def is_default(parser, args):
+    return vars(args) == vars(parser.parse_args([]))
+
+
+def _busy_seconds():
+    """CPU seconds the whole machine spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        user, nice, system, idle, iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds():
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
+class MachineWatch:
+    """What else ran during a benchmark: the other session's CIFAR training (checked at start
+    and end) and the share of all cores that other processes kept busy (machine busy time from
+    /proc/stat minus this process's and its children's CPU time)."""
+
+    def __init__(self):
+        self.training_at_start = other_training_running()
+        self.start = (_busy_seconds(), _own_seconds(), time.monotonic())
+
+    def note(self):
+        busy, own, wall = (end - start for end, start in zip((_busy_seconds(), _own_seconds(), time.monotonic()),
+                                                               self.start))
+        other = max(0.0, busy - own) / (wall * cores())
+        training = self.training_at_start or other_training_running()
+        return {"cores": cores(), "other_training_running": training, "other_processes_cpu_share": other,
+                "shared": training or other > 0.1, "tensorflow": tf.__version__}
+
+
+def finish(name, parser, args, result, watch):
+    """Add the machine note, print it, and write results/<name>.json when run with default args."""
+    machine = watch.note()
+    result = {"benchmark": name, "args": vars(args), **result, "machine": machine}
+    print(f"machine: {machine['cores']} cores, TensorFlow {machine['tensorflow']}; other processes kept "
+          f"{machine['other_processes_cpu_share']:.0%} of the cores busy"
+          + (" (including the other session's cifarEpsilonResnet training)" if machine["other_training_running"]
+             else "")
+          + (": SHARED machine" if machine["shared"] else ": not shared"))
+    if is_default(parser, args):
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        path = os.path.join(RESULTS_DIR, f"{name}.json")
+        with open(path, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        print(f"wrote {path}")
+    return result

@@ -1,0 +1,33 @@
+"""The benchmarks in benchmarks/ run end to end with tiny settings: they print a ratio, exit 0
+and, with non-default arguments, leave their results file alone."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, "benchmarks", "results")
+TINY = ["--n", "1", "--batch", "8", "--repeats", "1"]
+
+
+def result_file_state(name):
+    path = os.path.join(RESULTS, f"{name}.json")
+    return os.stat(path).st_mtime_ns if os.path.exists(path) else None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, extra", [
+    ("gate_overhead", ["--steps", "1"]),
+    ("compressed_inference", ["--n", "2", "--steps", "1"]),
+    ("input_pipeline", ["--cifar-data", os.path.join(REPO, "data", "cifar10-sample"), "--batches", "2",
+                        "--steps", "1", "--jpegs", "12", "--imagenet-batch", "4", "--imagenet-batches", "2"]),
+    ("peak_memory", ["--steps", "1"]),
+])
+def test_benchmark_runs_with_tiny_settings(name, extra):
+    before = result_file_state(name)
+    run = subprocess.run([sys.executable, "-m", f"benchmarks.{name}", *TINY, *extra], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ratio" in run.stdout and ("PASS" in run.stdout or "MISS" in run.stdout), run.stdout
+    assert result_file_state(name) == before  # only a run with default arguments writes results/<name>.json
