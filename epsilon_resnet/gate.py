@@ -32,18 +32,19 @@ def gate_from_score(score):
     return tf.nn.relu(tf.nn.relu(score * -GATE_SLOPE + 1.0) * -GATE_SLOPE + 1.0)
 
 
-def cross_replica(score, max_abs, mean_abs):
+def cross_replica(max_abs, mean_abs):
     """Reduce the per-replica statistics so every replica takes the same gate decision.
 
     The original let each GPU gate its own share of the batch; here the gate is a function
-    of the global batch, so which blocks close does not depend on the number of replicas.
-    Replicas hold equal shares, so the mean of their means is the global mean.
+    of the global batch (the score follows from the global max |F|), so which blocks close
+    does not depend on the number of replicas. Replicas hold equal shares, so the mean of
+    their means is the global mean.
     """
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
-        return score, max_abs, mean_abs
-    stats = ctx.all_gather(tf.stack([score, max_abs, mean_abs])[tf.newaxis], axis=0)
-    return tf.reduce_max(stats[:, 0]), tf.reduce_max(stats[:, 1]), tf.reduce_mean(stats[:, 2])
+        return max_abs, mean_abs
+    stats = ctx.all_gather(tf.stack([max_abs, mean_abs])[tf.newaxis], axis=0)
+    return tf.reduce_max(stats[:, 0]), tf.reduce_mean(stats[:, 1])
 
 
 class StrictIdentity(keras.layers.Layer):
@@ -77,9 +78,8 @@ class StrictIdentity(keras.layers.Layer):
             max_abs, mean_abs = tf.reduce_max(abs_f), tf.reduce_mean(abs_f)
         else:
             max_abs, mean_abs = tf.maximum(tf.reduce_max(f), -tf.reduce_min(f)), tf.zeros([])
-        score = sparsity_score(max_abs, tf.cast(self.epsilon, tf.float32))
-        score, max_abs, mean_abs = cross_replica(score, max_abs, mean_abs)
-        gate = gate_from_score(score)
+        max_abs, mean_abs = cross_replica(max_abs, mean_abs)
+        gate = gate_from_score(sparsity_score(max_abs, tf.cast(self.epsilon, tf.float32)))
         if training:
             for stat, value in zip(MONITORED, (1.0 - gate, max_abs, mean_abs)):
                 ema = getattr(self, stat)
