@@ -1,12 +1,15 @@
 """What the benchmarks share: the project's own training step on a fixed batch, interleaved
-A/B timing with medians, a per-op profile, the machine note and the result report.
+A/B timing, ratios with confidence intervals, a per-op profile, the machine note and the
+result report.
 
 Every number a benchmark judges is a ratio of variants timed side by side in one process,
 in alternating blocks (order reversed every round), so a change in machine load between
-blocks hits every variant alike; the verdict uses the median over rounds.
+blocks hits every variant alike. Each round gives one ratio of neighbouring blocks; the
+report is their geometric mean with a t-interval on the log ratios, plus median and range.
 """
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -17,6 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from scipy import stats  # noqa: E402
 
 from epsilon_resnet import config as config_lib  # noqa: E402
 from epsilon_resnet import training  # noqa: E402
@@ -58,7 +62,7 @@ def cifar_training_step(n, batch, gated, side_output):
     trainer is attached as `step.trainer`.
     """
     images, labels = random_cifar_batch(batch)
-    source = ArraySource("benchmark", 10, (images, labels), (images, labels), augment.CIFAR_TRAIN)
+    source = ArraySource("benchmark", 10, (images, labels), (images, labels), augment.CIFAR_TRAIN, family="cifar")
     config = config_lib.from_dict({"model": {"n": n, "gated": gated, "side_output": side_output},
                                    "train": {"batch_size": batch, "seed": 0, "steps_per_epoch": 1}})
     with tempfile.TemporaryDirectory(prefix="benchmark-run-") as run_dir:
@@ -80,27 +84,54 @@ def repeat(fn, times):
     return block
 
 
-def interleaved(blocks, rounds, warmup=1):
-    """{name: [seconds of each round]} for `blocks` {name: fn}, run in turn `rounds` times,
-    the order reversed every other round; each block first runs `warmup` times untimed
-    (tracing, graph optimisation, allocator growth)."""
+def interleaved_times(blocks, rounds, warmup=1, budget=None):
+    """{"wall": {name: [seconds of each round]}, "cpu": {...}} for `blocks` {name: fn}, run in
+    turn `rounds` times, the order reversed every other round (A B, B A, ...: a steady drift
+    in machine speed cancels over two rounds); each block first runs `warmup` times untimed
+    (tracing, graph optimisation, allocator growth). With a `budget` in seconds, rounds stop
+    at the first even round count (at least 2) past it. "cpu" is this process's CPU time
+    (all its threads), which other processes on a shared machine disturb less than wall time."""
     for block in blocks.values():
         for _ in range(warmup):
             block()
-    seconds, order = {name: [] for name in blocks}, list(blocks)
+    times, order = {"wall": {name: [] for name in blocks}, "cpu": {name: [] for name in blocks}}, list(blocks)
+    start = time.monotonic()
     for r in range(rounds):
+        if budget is not None and r > 0 and r % 2 == 0 and time.monotonic() - start > budget:
+            break
         for name in order if r % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             blocks[name]()
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
+            times["wall"][name].append(time.perf_counter() - wall)
+            times["cpu"][name].append(time.process_time() - cpu)
+    return times
 
 
-def paired_ratio(values, numerator, denominator):
-    """Median and range of the per-round ratios numerator/denominator of {name: [value per round]}
-    (seconds or rates): each ratio pairs blocks that ran next to each other."""
+def interleaved(blocks, rounds, warmup=1):
+    """{name: [wall seconds of each round]}: `interleaved_times` without the CPU times."""
+    return interleaved_times(blocks, rounds, warmup)["wall"]
+
+
+def ratio_interval(ratios, confidence=0.95):
+    """Geometric mean of per-round ratios with a t-interval: the ratios' logs are treated as
+    independent draws (each round is a fresh pair of neighbouring blocks), so
+    exp(mean ± t·sd/√n) brackets the typical ratio with the given confidence. One round
+    bounds nothing: the interval is then (0, inf)."""
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    sd = statistics.stdev(logs) if len(logs) > 1 else math.inf
+    half = stats.t.ppf(0.5 + confidence / 2, max(len(logs) - 1, 1)) * sd / math.sqrt(len(logs))
+    return {"ratio": math.exp(mean), "low": math.exp(mean - half), "high": math.exp(mean + half),
+            "confidence": confidence, "sd_log": sd}
+
+
+def paired_ratio(values, numerator, denominator, confidence=0.95):
+    """The per-round ratios numerator/denominator of {name: [value per round]} (seconds or
+    rates), each pairing blocks that ran next to each other: `ratio_interval` (geometric mean,
+    low, high) plus their median and range."""
     ratios = [a / b for a, b in zip(values[numerator], values[denominator])]
-    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
+    return {**ratio_interval(ratios, confidence), "median": statistics.median(ratios), "min": min(ratios),
+            "max": max(ratios), "rounds": len(ratios)}
 
 
 def medians(seconds):
@@ -137,6 +168,12 @@ def op_seconds(run):
 
 def verdict(value, target, at_most=True):
     return "PASS" if (value <= target if at_most else value >= target) else "MISS"
+
+
+def interval_verdict(interval, target):
+    """PASS only when the whole confidence interval lies at or below `target`: a MISS means
+    the ratio is above target or the measurement cannot tell (see low and high)."""
+    return "PASS" if interval["high"] <= target else "MISS"
 
 
 def is_default(parser, args):

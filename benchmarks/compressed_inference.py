@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from epsilon_resnet import compression
-from epsilon_resnet.networks import build_resnet, cifar_structure, set_normalization
+from epsilon_resnet.networks import build_resnet, cifar_structure
 
 NAME, TOLERANCE = "compressed_inference", 0.05
 
@@ -51,8 +51,7 @@ def main(argv=None):
 
     structure = cifar_structure(args.n)
     images = tf.constant(common.random_cifar_batch(args.batch)[0], tf.float32)
-    gated = build_resnet(structure, 10, epsilon=0.0)
-    set_normalization(gated, 128.0, 1 / 128)
+    gated = build_resnet(structure, 10, epsilon=0.0, pixel_mean=128.0, pixel_scale=1 / 128)
     discarded = close_odd_blocks(gated, structure)
     compressed, kept, _ = compression.compress_model(gated, structure, discarded)
     plain = build_resnet(structure, 10, gated=False, side_output=False)

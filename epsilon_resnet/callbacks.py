@@ -1,5 +1,9 @@
-"""Keras callbacks of an ε-ResNet run. Epoch numbers passed to them count from 1, as the
-original (tensorpack) and SPEC §5's tables do."""
+"""Keras callbacks of an ε-ResNet run.
+
+Epoch numbers passed to them count from 1, as in the original (tensorpack) and the tables of
+docs/original.md §5. Scheduled values follow tensorpack's timing (epsilon_resnet.schedules):
+they are set at the start of the epoch in which they are in force.
+"""
 import json
 import logging
 import os
@@ -7,33 +11,59 @@ import os
 import keras
 import numpy as np
 
-from epsilon_resnet.gate import MONITORED, gates_of
-from epsilon_resnet.schedules import AdaptiveLearningRate, piecewise
+from epsilon_resnet import gate
+from epsilon_resnet.schedules import AdaptiveLearningRate, piecewise, whole_blocks
 
 logger = logging.getLogger("epsilon_resnet")
 
 
-class LearningRateSetter(keras.callbacks.Callback):
-    """Applies an AdaptiveLearningRate policy to the optimizer after every epoch.
+def gate_summary(model):
+    """The gates' moving averages as they stand now (after the last step run), per block
+    (`<block>/<stat>`), plus discarded_cnt, the sum of is_discarded, and discarded_ratio,
+    that count over the number of gated blocks (a pruned network's shortcut-only units have
+    no gate and do not count)."""
+    gates = gate.gates_of(model)
+    logs = {f"{g.block}/{stat}": float(getattr(g, stat).numpy())
+            for g in gates for stat in gate.MONITORED}
+    count = sum(logs[f"{g.block}/is_discarded"] for g in gates)
+    return {"discarded_cnt": count, "discarded_ratio": count / len(gates) if gates else 0.0, **logs}
 
-    It keeps the per-epoch discarded_cnt history the policy needs; both are part of the
-    run's checkpointed state, so a resumed run restarts the schedule exactly as before.
+
+class LearningRateSetter(keras.callbacks.Callback):
+    """Applies an AdaptiveLearningRate policy to the optimizer (docs/original.md §5).
+
+    At each epoch start it sets the lr the policy has in force for that epoch; at each
+    epoch end it reads discarded_cnt from the model's gates itself (the value at the end of
+    the epoch, whatever the epoch logs hold and wherever this callback is in the list) and
+    lets the policy decide on a restart. The policy's state and the per-epoch history are
+    what a checkpoint must keep (state/load_state) for a resumed run to restart the
+    schedule exactly as before.
     """
 
     def __init__(self, policy: AdaptiveLearningRate, optimizer):
         super().__init__()
         self.policy, self.optimizer, self.history = policy, optimizer, []
 
+    def on_train_begin(self, logs=None):
+        # The count before the first epoch (0, or what a --load checkpoint had discarded) opens
+        # the history, so a block closed in epoch 1 is newly discarded too: the original's
+        # history began at epoch 1's end, so such a block never restarted the schedule.
+        if not self.history:
+            self.history.append(gate_summary(self.model)["discarded_cnt"])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.optimizer.learning_rate = self.policy.lr_at(epoch)
+
     def on_epoch_end(self, epoch, logs=None):
-        self.history.append(float(logs.get("discarded_cnt", 0.0)))  # a plain network discards nothing
+        self.history.append(gate_summary(self.model)["discarded_cnt"])  # 0 for a plain network
         lr = self.policy.after_epoch(epoch, self.history)
-        if lr is not None:
-            if self.policy.last_restart == epoch:
-                logger.info("discarded_cnt rose to %.2f: learning rate restarts at %g", self.history[-1], lr)
-            self.optimizer.learning_rate = lr
+        if self.policy.last_restart == epoch:
+            logger.info("discarded_cnt reached %.6g (%d whole blocks) at the end of epoch %d: the learning rate "
+                        "restarts at %g from epoch %d", self.history[-1], whole_blocks(self.history[-1]), epoch,
+                        lr, epoch + 1)
 
     def state(self):
-        return {**self.policy.state(), "history": self.history}
+        return {**self.policy.state(), "history": list(self.history)}
 
     def load_state(self, state):
         self.policy.load_state(state)
@@ -41,29 +71,22 @@ class LearningRateSetter(keras.callbacks.Callback):
 
 
 class EpsilonScheduler(keras.callbacks.Callback):
-    """Sets the model's shared ε at the start of each epoch from (epoch, ε) points."""
+    """Sets ε of every gate at the start of each epoch from (epoch, ε) points, `default`
+    before the first point is in force (a point (e, ε) holds from epoch e + 1)."""
 
-    def __init__(self, epsilon_variable, points, default):
+    def __init__(self, points, default):
         super().__init__()
-        self.variable, self.points, self.default = epsilon_variable, points, default
+        self.points, self.default = [tuple(p) for p in points], default
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.variable.assign(piecewise(self.points, epoch, self.default))
-
-
-def gate_summary(model):
-    """Per-block moving averages plus discarded_cnt and discarded_ratio (over the gated blocks)."""
-    gates = gates_of(model)
-    logs = {f"{g.block}/{stat}": float(getattr(g, stat).numpy()) for g in gates for stat in MONITORED}
-    count = sum(logs[f"{g.block}/is_discarded"] for g in gates)
-    return {"discarded_cnt": count, "discarded_ratio": count / max(len(gates), 1), **logs}
+        gate.set_epsilon(self.model, piecewise(self.points, epoch, self.default))
 
 
 class GateMonitor(keras.callbacks.Callback):
     """Adds gate_summary to the epoch logs; listed before the writers so they record it."""
 
     def on_epoch_end(self, epoch, logs=None):
-        if gates_of(self.model):
+        if gate.gates_of(self.model):
             logs.update(gate_summary(self.model))
 
 
@@ -80,7 +103,8 @@ class MetricsWriter(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch, **{k: _plain(v) for k, v in logs.items()}}
-        record["global_step"] = int(record["global_step"])  # Keras turns the logs into floats
+        if "global_step" in record:
+            record["global_step"] = int(record["global_step"])  # Keras turns the logs into floats
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()

@@ -1,40 +1,19 @@
-"""Command lines of the training scripts, with the original's flags (SPEC §7).
+"""Every command line of the project, with the original's script names and flags (docs/original.md §7).
 
-TensorFlow is imported only after the flags are parsed, because `--gpu` must set
-CUDA_VISIBLE_DEVICES before TensorFlow initialises.
+TensorFlow is imported only after the flags are parsed: `--gpu` must set
+CUDA_VISIBLE_DEVICES before TensorFlow initialises, and the import is made quiet
+(console.quiet_tensorflow). Every user error is an errors.UserError, printed as one line.
 """
 import argparse
+import json
 import os
 import sys
 
-from epsilon_resnet import distribute
+from epsilon_resnet import console, distribute
+from epsilon_resnet.errors import UserError
 
-
-def training_parser(description):
-    """The flags every training script shares."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--gpu", type=distribute.gpu_flag,
-                        help="comma-separated GPUs to use, e.g. 0,1,2,3; their count is the number "
-                             "of replicas (the global batch is split across them)")
-    parser.add_argument("-e", "--epsilon", type=float, help="ε of the strict-identity gates")
-    parser.add_argument("-o", "--output", type=run_name, help="run name: everything goes to train_log.<output>/")
-    parser.add_argument("--load", help="checkpoint to start from, e.g. train_log.x/model-39000")
-    parser.add_argument("--data", help="folder holding the dataset files (nothing is downloaded)")
-    parser.add_argument("--config", help="YAML config to use instead of the shipped configs/<dataset>.yaml")
-    parser.add_argument("--max-epoch", type=int, help="train up to this epoch")
-    parser.add_argument("--steps-per-epoch", type=int, help="steps per epoch (default: images // batch size)")
-    parser.add_argument("--batch-size", type=int, help="global batch size")
-    parser.add_argument("--cpu-replicas", type=int, help="train on N logical CPU devices with MirroredStrategy "
-                                                        "(the multi-GPU code path, on a machine without GPUs)")
-    parser.add_argument("--resume", action="store_true", help="continue the run folder's latest checkpoint (what "
-                                                              "re-running the same command does), and fail if "
-                                                              "there is none")
-    parser.add_argument("--keep-checkpoints", type=int, metavar="K", help="keep the last K checkpoints (default: "
-                                                                          "the config's train.keep_checkpoints)")
-    parser.add_argument("--keep-step", type=int, action="append", metavar="S",
-                        help="also keep the checkpoint of global step S for good, in <run folder>/kept/ "
-                             "(an epoch end; repeat the flag for several; replaces train.keep_checkpoint_steps)")
-    return parser
+IMAGENET_DEPTHS = (18, 34, 50, 101, 152)  # networks.IMAGENET_DEPTHS, which would import TensorFlow too early
+DATA_FORMAT_FLAGS = {"NHWC": "channels_last", "NCHW": "channels_first"}
 
 
 def fail(message):
@@ -42,16 +21,10 @@ def fail(message):
     sys.exit(1)
 
 
-def resolve_config(args, dataset, **overrides):
-    """The shipped (or --config) YAML with the command line's values on top; dataset None keeps --config's."""
-    from epsilon_resnet import config as config_lib
-
-    config = config_lib.load(args.config) if args.config else config_lib.shipped(dataset)
-    flags = {"data.name": dataset, "data.dir": args.data, "model.epsilon": args.epsilon,
-             "train.max_epoch": args.max_epoch, "train.steps_per_epoch": args.steps_per_epoch,
-             "train.batch_size": args.batch_size, "train.keep_checkpoints": args.keep_checkpoints,
-             "train.keep_checkpoint_steps": args.keep_step, **overrides}
-    return config_lib.replace(config, **{k: v for k, v in flags.items() if v is not None})
+def start_tensorflow(args):
+    """Select the GPUs, then import TensorFlow without its start-up noise (unless --verbose)."""
+    distribute.select_devices(getattr(args, "gpu", None))
+    console.quiet_tensorflow(args.verbose)
 
 
 def run_name(text):
@@ -62,26 +35,87 @@ def run_name(text):
     return text
 
 
+def positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
+def add_common(parser):
+    parser.add_argument("--gpu", type=distribute.gpu_flag,
+                        help="comma-separated GPUs to use, e.g. 0,1,2,3; their count is the number of replicas")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own start-up and log messages")
+
+
+# ---- training --------------------------------------------------------------------------------
+def training_parser(description, batch_help):
+    """The flags every training script shares."""
+    parser = argparse.ArgumentParser(description=description)
+    add_common(parser)
+    parser.add_argument("-e", "--epsilon", type=float, help="ε of the strict-identity gates")
+    parser.add_argument("-o", "--output", type=run_name, help="run name: everything goes to train_log.<output>/")
+    parser.add_argument("--load", help="checkpoint whose variables start a NEW run (epoch 1, schedules from "
+                                       "their start), e.g. train_log.x/model-39000")
+    parser.add_argument("--data", help="folder holding the dataset files (nothing is downloaded)")
+    parser.add_argument("--config", help="YAML config to use instead of the shipped configs/<dataset>.yaml")
+    parser.add_argument("--max-epoch", type=positive, help="train up to this epoch")
+    parser.add_argument("--steps-per-epoch", type=positive, help="steps per epoch (default: images // batch size)")
+    parser.add_argument("--batch-size", type=positive, help=batch_help)
+    parser.add_argument("--eval-batches", type=positive, metavar="K",
+                        help="validate on the first K batches only (quick runs; default: the whole validation set)")
+    parser.add_argument("--cpu-replicas", type=positive, help="train on N logical CPU devices with MirroredStrategy "
+                                                              "(the multi-GPU code path, on a machine without GPUs)")
+    parser.add_argument("--resume", action="store_true", help="continue the run folder's latest checkpoint (what "
+                                                              "re-running the same command does), and fail if "
+                                                              "there is none")
+    parser.add_argument("--keep-checkpoints", type=positive, metavar="K",
+                        help="keep the last K checkpoints (default: the config's train.keep_checkpoints, 10; one "
+                             "checkpoint every 30 minutes is kept as well)")
+    parser.add_argument("--keep-step", type=positive, action="append", metavar="S",
+                        help="also keep the checkpoint of global step S for good, in <run folder>/kept/ "
+                             "(an epoch end; repeat the flag for several; replaces train.keep_checkpoint_steps)")
+    return parser
+
+
+PER_GPU_BATCH = "images per GPU and step (default 128: with --gpu 0,1 a step trains on 256, as in the original)"
+
+
+def add_num_units(parser):
+    parser.add_argument("-n", "--num_units", type=positive, help="blocks per stage: depth 6n+2 (18 → ResNet-110)")
+
+
+def resolve_config(args, dataset, **overrides):
+    """The shipped (or --config) YAML with the command line's values on top; dataset None keeps --config's."""
+    from epsilon_resnet import config as config_lib
+
+    config = config_lib.load(args.config) if args.config else config_lib.shipped(dataset)
+    flags = {"data.name": dataset, "data.dir": args.data, "model.epsilon": args.epsilon,
+             "train.max_epoch": args.max_epoch, "train.steps_per_epoch": args.steps_per_epoch,
+             "train.batch_size": args.batch_size, "train.keep_checkpoints": args.keep_checkpoints,
+             "train.keep_checkpoint_steps": args.keep_step, "train.eval_batches": args.eval_batches, **overrides}
+    return config_lib.replace(config, **{k: v for k, v in flags.items() if v is not None})
+
+
 def run_training(args, dataset, default_output, **overrides):
-    """Parse-time checks done: select devices, build the config, train; user errors exit 1."""
-    distribute.select_devices(args.gpu)
+    """Build the config and train; user errors exit 1 with their message."""
+    start_tensorflow(args)
     from epsilon_resnet import training
-    from epsilon_resnet.config import ConfigError
 
     try:
         config = resolve_config(args, dataset, **overrides)
         run_dir = f"train_log.{args.output or default_output(config)}"
         training.train_and_evaluate(config, run_dir, load=args.load, resume=args.resume,
                                     strategy=distribute.make_strategy(args.cpu_replicas))
-    except (ConfigError, training.RunError, FileNotFoundError, ValueError) as err:
+    except UserError as err:
         fail(err)
     except KeyboardInterrupt:
         fail("interrupted")
 
 
 def cifar_main(argv=None):
-    parser = training_parser("Train an ε-ResNet on CIFAR-10 or CIFAR-100.")
-    parser.add_argument("-n", type=int, help="blocks per stage: depth 6n+2 (18 → ResNet-110)")
+    parser = training_parser("Train an ε-ResNet on CIFAR-10 or CIFAR-100.", PER_GPU_BATCH)
+    add_num_units(parser)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--cifar10", action="store_true", help="train on CIFAR-10 (the default)")
     which.add_argument("--cifar100", action="store_true", help="train on CIFAR-100")
@@ -89,40 +123,43 @@ def cifar_main(argv=None):
     # With --config and no dataset flag, the config's own dataset stands.
     dataset = "cifar100" if args.cifar100 else "cifar10" if args.cifar10 or not args.config else None
     run_training(args, dataset, lambda c: f"{c.data.name}-e_{c.model.epsilon:g}-n_{c.model.n}",
-                 **{"model.n": args.n})
+                 **{"model.n": args.num_units})
 
 
 def svhn_main(argv=None):
-    parser = training_parser("Train an ε-ResNet on SVHN (train + extra; validated on test).")
-    parser.add_argument("-n", type=int, help="blocks per stage: depth 6n+2 (18 → ResNet-110)")
+    parser = training_parser("Train an ε-ResNet on SVHN (train + extra; validated on test).", PER_GPU_BATCH)
+    add_num_units(parser)
     args = parser.parse_args(argv)
-    run_training(args, "svhn", lambda c: f"svhn-e_{c.model.epsilon:g}-n_{c.model.n}", **{"model.n": args.n})
+    run_training(args, "svhn", lambda c: f"svhn-e_{c.model.epsilon:g}-n_{c.model.n}", **{"model.n": args.num_units})
 
 
-IMAGENET_DEPTH_CHOICES = (18, 34, 50, 101, 152)  # networks.IMAGENET_DEPTHS, which would import TensorFlow too early
-DATA_FORMAT_FLAGS = {"NHWC": "channels_last", "NCHW": "channels_first"}
-
-
-def imagenet_main(argv=None):
-    parser = training_parser("Train an ε-ResNet on ImageNet, or (--eval --load CKPT) evaluate a checkpoint.")
-    parser.add_argument("-d", "--depth", type=int, choices=IMAGENET_DEPTH_CHOICES, help="ResNet depth (default 101)")
+def imagenet_parser():
+    parser = training_parser("Train an ε-ResNet on ImageNet; --eval --load CKPT evaluates a checkpoint, --cfg "
+                             "FILE a compressed network.",
+                             "global batch, split across the GPUs (default 256, as in the original)")
+    parser.add_argument("-d", "--depth", type=int, choices=IMAGENET_DEPTHS, help="ResNet depth (default 18)")
     parser.add_argument("--fake", action="store_true", help="random images instead of ImageNet, for benchmarking")
     parser.add_argument("--eval", action="store_true", help="only evaluate the --load checkpoint: print its top-1 "
-                                                            "and top-5 validation error (weights and ε from the "
-                                                            "checkpoint; writes nothing)")
+                                                            "and top-5 validation error (writes nothing)")
+    parser.add_argument("--cfg", help="evaluate the compressed network of this compressed_model_<step>.cfg "
+                                      "(as imagenetCompressedResnet.py does)")
     parser.add_argument("--data_format", choices=sorted(DATA_FORMAT_FLAGS),
                         help="layout inside the network: NCHW is faster on GPUs, the CPU needs NHWC "
                              "(default: the config's, NHWC)")
-    parser.add_argument("--image-size", type=int, help="side of the square input images (default: the "
-                                                       "config's, 224); smaller for quick runs")
+    parser.add_argument("--image-size", type=positive, help="side of the square input images (default: the "
+                                                            "config's, 224); smaller for quick runs")
+    return parser
+
+
+def imagenet_main(argv=None):
+    parser = imagenet_parser()
     args = parser.parse_args(argv)
     if args.eval and not args.load:
         parser.error("--eval needs --load CKPT, the checkpoint to evaluate")
-    if args.image_size is not None and args.image_size < 1:
-        parser.error(f"--image-size must be a positive number of pixels, got {args.image_size}")
-    distribute.select_devices(args.gpu)
-    from epsilon_resnet.config import ConfigError
-
+    if args.cfg:
+        args.export, args.num_units, args.output = None, None, None
+        return run_evaluation(args, ("imagenet", "fake-imagenet"))
+    start_tensorflow(args)
     # --fake keeps configs/imagenet.yaml (or --config) and swaps only the data source.
     overrides = {"data.name": "fake-imagenet" if args.fake else "imagenet", "model.depth": args.depth,
                  "model.data_format": DATA_FORMAT_FLAGS.get(args.data_format)}
@@ -131,14 +168,13 @@ def imagenet_main(argv=None):
             options = resolve_config(args, "imagenet").data.options
             overrides["data.options"] = {**options, "image_size": args.image_size}
         config = resolve_config(args, "imagenet", **overrides)
-    except ConfigError as err:
+        if config.model.data_format == "channels_first":
+            require_gpu_for_nchw()
+        if args.eval:
+            return evaluate_checkpoint(config, args.load)
+    except UserError as err:
         fail(err)
-    if config.model.data_format == "channels_first":
-        require_gpu_for_nchw()
-    if args.eval:
-        evaluate_checkpoint(config, args.load)
-    else:
-        run_training(args, "imagenet", lambda c: f"imagenet-d_{c.model.depth}-e_{c.model.epsilon:g}", **overrides)
+    run_training(args, "imagenet", lambda c: f"imagenet-d_{c.model.depth}-e_{c.model.epsilon:g}", **overrides)
 
 
 def require_gpu_for_nchw():
@@ -157,25 +193,165 @@ def evaluate_checkpoint(config, path):
 
     Nothing is written: no run folder is made, and the checkpoint's folder is only read.
     """
-    import tensorflow as tf
+    from epsilon_resnet import data, run_folder
+    from epsilon_resnet.evaluation import Evaluator
+    from epsilon_resnet.gate import epsilon_of
+    from epsilon_resnet.networks import build_from_config
 
-    from epsilon_resnet import training
-
+    run_folder.check_checkpoint(path)
+    source = data.get_source(config.data.name, config.data.dir, **config.data.options)
+    model = build_from_config(config.model, source)
     try:
-        training.check_checkpoint(path)
-        trainer = training.Trainer(config, os.path.dirname(path) or ".")  # never fit or saved: writes nothing
-        try:  # the model's weights only (ε too); every one must be found
-            tf.train.Checkpoint(model=trainer.model).read(path).assert_existing_objects_matched().expect_partial()
-        except (AssertionError, ValueError) as err:
-            raise training.RunError(f"{path} is not a checkpoint of this network (ResNet-{config.model.depth}, "
-                                    f"gated={config.model.gated}); -d must be the run's depth: {err}") from None
-        errors = trainer.evaluate()
-    except (training.RunError, tf.errors.OpError, FileNotFoundError, ValueError) as err:
-        fail(err)
-    epsilon = "" if trainer.model.epsilon is None else f", ε {float(trainer.model.epsilon.numpy()):g}"
-    print(f"{path}: ResNet-{config.model.depth}{epsilon} on {trainer.source.num_eval} {config.data.name} "
-          f"validation images")
+        run_folder.restore_model(model, path, exact=False)
+    except UserError as err:
+        raise type(err)(f"{path} is not a checkpoint of this network (ResNet-{config.model.depth}, gated="
+                        f"{config.model.gated}); -d must be the run's depth: {err}") from None
+    errors = Evaluator(model)(source.eval_dataset(config.train.eval_batch_size), config.train.eval_batches)
+    epsilon = epsilon_of(model)
+    print(f"{path}: ResNet-{config.model.depth}{'' if epsilon is None else f', ε {epsilon:g}'} on "
+          f"{source.num_eval} {config.data.name} validation images")
     print(f"top-1 error: {errors['val_error']:.6f}")
     if "val_error_top5" in errors:
         print(f"top-5 error: {errors['val_error_top5']:.6f}")
     print(f"val_cost: {errors['val_cost']:.6f}")
+
+
+# ---- compression -----------------------------------------------------------------------------
+def compress_main(argv=None):
+    parser = argparse.ArgumentParser(description="Compress an ε-ResNet run at a step: remove the blocks its gates "
+                                                 "skip, and check that the result computes the same logits.")
+    parser.add_argument("--dir", required=True, help="the run folder train_log.<output>/, or a folder holding one")
+    parser.add_argument("--step", type=int, required=True, help="global step of the checkpoint model-<step>")
+    parser.add_argument("--rule", choices=("gates", "ema"), default="gates",
+                        help="gates (default): remove the blocks whose gate is closed on every one of "
+                             "--decide-batches training batches at that step; ema: the original's rule, remove "
+                             "the blocks whose is_discarded moving average reached 1")
+    parser.add_argument("--decide-batches", type=positive, default=20, metavar="K",
+                        help="training batches the gates are watched on (rule gates; default 20)")
+    parser.add_argument("--check-batches", type=positive, metavar="K",
+                        help="compare the networks on the first K validation batches only (default: all)")
+    parser.add_argument("--strict", action="store_true", help="keep a removed block whose gate opens on "
+                                                              "validation data (default: warn)")
+    parser.add_argument("--data", help="dataset folder (default: the run's data.dir)")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own start-up and log messages")
+    args = parser.parse_args(argv)
+    start_tensorflow(args)
+    from epsilon_resnet import compression
+
+    try:
+        cfg_path, cfg = compression.compress_run(args.dir, args.step, rule=args.rule,
+                                                 decide_batches=args.decide_batches, check_batches=args.check_batches,
+                                                 strict=args.strict, data_dir=args.data)
+    except UserError as err:
+        fail(err)
+    for warning in cfg["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(compression_summary(cfg_path, cfg))
+
+
+def compression_summary(cfg_path, cfg):
+    """What compressModel did, in a few lines."""
+    full, small, check = cfg["cost"]["full"], cfg["cost"]["compressed"], cfg["check"]
+    blocks = sum(cfg["stage_units"]) - cfg["first_block_kept"].count(False) + len(cfg["discarded_blocks"])
+    how = (f"closed on all {cfg['decide_batches']} training batches" if cfg["rule"] == "gates"
+           else "is_discarded average reached 1")
+    return "\n".join([
+        f"step {cfg['step']}, ε = {cfg['epsilon']}: discarded {len(cfg['discarded_blocks'])} of {blocks} blocks "
+        f"({how}) {cfg['discarded_blocks']}",
+        f"kept structure: stage_units {cfg['stage_units']}, first_block_kept {cfg['first_block_kept']}",
+        f"parameters {full['params']:,} -> {small['params']:,} ({small['params'] / full['params']:.1%}), "
+        f"MACs per image {full['macs']:,} -> {small['macs']:,} ({small['macs'] / full['macs']:.1%})",
+        f"check on {check['images']} validation images: "
+        f"max |logit difference| {check['max_abs_logit_difference']:.3g}, "
+        f"error gated {check['gated_error']:.4f}, compressed {check['compressed_error']:.4f}",
+        f"wrote {cfg_path}",
+    ])
+
+
+def evaluation_parser(description, data_help="dataset folder (default: the one in the .cfg)"):
+    parser = argparse.ArgumentParser(description=description)
+    add_common(parser)
+    parser.add_argument("--cfg", required=True, help="compressed_model_<step>.cfg written by compressModel.py")
+    parser.add_argument("--data", help=data_help)
+    parser.add_argument("--export", help="also write the network as a TensorFlow SavedModel into this new folder")
+    parser.add_argument("-o", "--output", type=run_name,
+                        help="also write the errors to train_log.<output>/evaluation.json (a new file)")
+    return parser
+
+
+def run_evaluation(args, datasets):
+    """Build the .cfg's network, load its weights, evaluate on the whole validation set, maybe export it.
+
+    datasets: the .cfg datasets this script accepts. Prints the error (top-1 and top-5 for
+    ImageNet); user errors exit 1.
+    """
+    start_tensorflow(args)
+    from epsilon_resnet import compressed_cfg, data
+    from epsilon_resnet.evaluation import Evaluator
+
+    try:
+        spec = compressed_cfg.read(args.cfg)
+        check_spec_matches(args, spec, datasets)
+        model = compressed_cfg.build(spec)
+        source = data.get_source(spec.dataset, args.data or spec.data_dir, **spec.data_options)
+        compressed_cfg.check_source_fits(spec, source)
+        errors = Evaluator(model)(source.eval_dataset(spec.eval_batch_size))
+        if data.family_of(spec.dataset) == "imagenet":
+            print(f"Top-1 error: {errors['val_error']}\nTop-5 error: {errors['val_error_top5']}")
+        else:
+            print(f"Error: {errors['val_error']}")
+        if args.output:
+            write_evaluation(args.output, {"cfg": os.path.abspath(args.cfg), **errors})
+        if args.export:
+            print(f"exported the network to {compressed_cfg.export_saved_model(model, args.export)}: "
+                  f"m = tf.saved_model.load(DIR); m.serve(images) -> logits")
+    except UserError as err:
+        fail(err)
+
+
+def check_spec_matches(args, spec, datasets):
+    """The .cfg must be of a dataset this script evaluates, and of the -n given, if any."""
+    from epsilon_resnet import compressed_cfg
+    from epsilon_resnet.errors import CompressionError
+
+    if spec.dataset not in datasets:
+        raise CompressionError(f"{args.cfg} is a compressed {spec.dataset} network; this command evaluates "
+                               f"{' or '.join(datasets)}")
+    if getattr(args, "num_units", None) is not None and args.num_units != spec.size:
+        raise CompressionError(f"{args.cfg} was pruned from a network with n = {spec.size}, not -n {args.num_units}")
+    if args.export:
+        compressed_cfg.check_export_target(args.export)
+
+
+def write_evaluation(output, record):
+    from epsilon_resnet import run_folder
+
+    folder = f"train_log.{output}"
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "evaluation.json")
+    run_folder.write_new_file(path, json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def cifar_compressed_main(argv=None):
+    parser = evaluation_parser("Evaluate a compressed ε-ResNet on the CIFAR-10/100 test set.")
+    add_num_units(parser)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--cifar10", action="store_true", help="the .cfg must be a CIFAR-10 network")
+    which.add_argument("--cifar100", action="store_true", help="the .cfg must be a CIFAR-100 network")
+    args = parser.parse_args(argv)
+    run_evaluation(args, ("cifar10",) if args.cifar10 else ("cifar100",) if args.cifar100 else ("cifar10", "cifar100"))
+
+
+def svhn_compressed_main(argv=None):
+    parser = evaluation_parser("Evaluate a compressed ε-ResNet on the SVHN test set.")
+    add_num_units(parser)
+    run_evaluation(parser.parse_args(argv), ("svhn",))
+
+
+def imagenet_compressed_main(argv=None):
+    parser = evaluation_parser("Evaluate a compressed ε-ResNet on the ImageNet validation set (top-1, top-5).",
+                               data_help="ImageNet folder (default: the one in the .cfg)")
+    args = parser.parse_args(argv)
+    args.num_units = None
+    run_evaluation(args, ("imagenet", "fake-imagenet"))

@@ -1,6 +1,7 @@
 """Experiment configuration: YAML files in configs/ → typed dataclasses, validated up front.
 
-Every number of SPEC §4–6 lives here, so a run folder's config.yaml says exactly what ran.
+Every number of docs/original.md §4–6 lives here, so a run folder's config.yaml says
+exactly what ran.
 """
 import dataclasses
 import os
@@ -8,14 +9,13 @@ import typing
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the schema; the message says where and why."""
+from epsilon_resnet import data
+from epsilon_resnet.errors import ConfigError, DataError
 
 
 @dataclasses.dataclass
 class DataConfig:
-    name: str = "cifar10"            # cifar10 | cifar100 | svhn | imagenet | fake-imagenet
+    name: str = "cifar10"            # one of data.DATASETS: cifar10 | cifar100 | svhn | imagenet | fake-imagenet
     dir: typing.Optional[str] = None  # folder holding the dataset files (no download, ever)
     options: dict = dataclasses.field(default_factory=dict)  # passed to data.get_source (e.g. use_extra)
 
@@ -25,7 +25,7 @@ class ModelConfig:
     n: typing.Optional[int] = 18         # CIFAR/SVHN: depth 6n+2
     depth: typing.Optional[int] = None   # ImageNet: 18, 34, 50, 101 or 152
     epsilon: float = 2.5
-    # [[epoch, ε], ...]: ε from that (1-based) epoch on; empty keeps `epsilon` throughout.
+    # [[epoch, ε], ...]: ε from the epoch after that one on (tensorpack's timing); empty keeps `epsilon`.
     epsilon_schedule: list = dataclasses.field(default_factory=list)
     gated: bool = True                   # False: the standard pre-activation ResNet baseline
     side_output: bool = True
@@ -36,24 +36,28 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    batch_size: int = 128                # global batch, split across replicas
+    batch_size: int = 128                # images per step: per replica, or global (batch_per_replica: false)
+    batch_per_replica: bool = True       # CIFAR/SVHN: each GPU its own batch; ImageNet: one batch split
     eval_batch_size: int = 128
+    eval_batches: typing.Optional[int] = None  # validate on the first K batches only (quick runs); None: all
     max_epoch: int = 1000
-    steps_per_epoch: typing.Optional[int] = None  # None: training images // batch_size
+    steps_per_epoch: typing.Optional[int] = None  # None: training images // batch_size (whatever the GPUs)
     momentum: float = 0.9
     nesterov: bool = False
     # L2 coefficient on Σ ½‖W‖² over conv and dense kernels: wd · rate^⌊step / steps⌋.
     weight_decay: float = 0.0002
     weight_decay_rate: float = 0.2
     weight_decay_steps: int = 480000
-    # Learning rate: (epoch, lr) points, epochs from 1; lr_restart_schedule None = standard schedule.
+    # Learning rate: (epoch, lr) points, each in force from the epoch after it (a point at 0: from
+    # the start); lr_restart_schedule None = standard schedule.
     lr_schedule: list = dataclasses.field(
         default_factory=lambda: [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]])
     lr_restart_schedule: typing.Optional[list] = dataclasses.field(
         default_factory=lambda: [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]])
     lr_restart_threshold: float = 1.0
     lr_restart_last_k: int = 1
-    keep_checkpoints: int = 5            # the last K checkpoints stay in the run folder
+    keep_checkpoints: int = 10           # the last K checkpoints stay in the run folder
+    keep_checkpoint_every_minutes: float = 30.0  # ... and one from every such interval, for good
     # Global steps (epoch ends) whose checkpoints are kept for good, in <run folder>/kept/.
     keep_checkpoint_steps: list = dataclasses.field(default_factory=list)
     seed: typing.Optional[int] = None
@@ -132,13 +136,22 @@ def _check_points(where, points):
 
 def validate(config, source="config"):
     """Cross-field checks that the type checks cannot express."""
-    imagenet = config.data.name in ("imagenet", "fake-imagenet")
+    try:
+        imagenet = data.family_of(config.data.name) == "imagenet"
+    except DataError as err:
+        raise ConfigError(f"{source}: data.name: {err}") from None
     if imagenet and config.model.depth is None:
         raise ConfigError(f"{source}: model.depth is required for {config.data.name}")
     if not imagenet and (config.model.n is None or config.model.n < 1):
         raise ConfigError(f"{source}: model.n must be >= 1 for {config.data.name}, got {config.model.n}")
     if config.train.batch_size < 1 or config.train.max_epoch < 1:
         raise ConfigError(f"{source}: train.batch_size and train.max_epoch must be >= 1")
+    if config.train.eval_batches is not None and config.train.eval_batches < 1:
+        raise ConfigError(f"{source}: train.eval_batches must be >= 1 (or null for the whole validation set), "
+                          f"got {config.train.eval_batches}")
+    if config.train.keep_checkpoint_every_minutes <= 0:
+        raise ConfigError(f"{source}: train.keep_checkpoint_every_minutes must be > 0, "
+                          f"got {config.train.keep_checkpoint_every_minutes}")
     if config.train.keep_checkpoints < 1:
         raise ConfigError(f"{source}: train.keep_checkpoints must be >= 1 (the last K checkpoints are kept), "
                           f"got {config.train.keep_checkpoints}")

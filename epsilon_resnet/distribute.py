@@ -10,6 +10,8 @@ import json
 import logging
 import os
 
+from epsilon_resnet.errors import RunError
+
 logger = logging.getLogger("epsilon_resnet")
 
 
@@ -42,15 +44,15 @@ def check_tf_config(text):
     try:
         tf_config = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({err}); expected e.g. {example}") from None
+        raise RunError(f"TF_CONFIG is not valid JSON ({err}); expected e.g. {example}") from None
     if not isinstance(tf_config, dict) or not isinstance(tf_config.get("cluster"), dict) \
             or not isinstance(tf_config.get("task"), dict):
-        raise ValueError(f"TF_CONFIG needs a 'cluster' and a 'task' mapping, e.g. {example}; got {text}")
+        raise RunError(f"TF_CONFIG needs a 'cluster' and a 'task' mapping, e.g. {example}; got {text}")
     task = tf_config["task"]
     members = tf_config["cluster"].get(task.get("type"))
     if not isinstance(members, list) or not isinstance(task.get("index"), int) \
             or not 0 <= task["index"] < len(members):
-        raise ValueError(f"TF_CONFIG's task {task} is not one of its cluster's members {tf_config['cluster']}")
+        raise RunError(f"TF_CONFIG's task {task} is not one of its cluster's members {tf_config['cluster']}")
     return tf_config
 
 
@@ -58,10 +60,10 @@ def make_strategy(cpu_replicas=None):
     import tensorflow as tf
 
     if cpu_replicas is not None and cpu_replicas < 1:
-        raise ValueError(f"--cpu-replicas must be at least 1, got {cpu_replicas}")
+        raise RunError(f"--cpu-replicas must be at least 1, got {cpu_replicas}")
     if "TF_CONFIG" in os.environ:
         if cpu_replicas:
-            raise ValueError("--cpu-replicas cannot be combined with TF_CONFIG: a multi-worker run uses "
+            raise RunError("--cpu-replicas cannot be combined with TF_CONFIG: a multi-worker run uses "
                              "each worker's own devices")
         check_tf_config(os.environ["TF_CONFIG"])
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -71,7 +73,7 @@ def make_strategy(cpu_replicas=None):
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
         except RuntimeError:  # TensorFlow already initialised its devices (e.g. in-process tests)
             if len(tf.config.list_logical_devices("CPU")) != cpu_replicas:
-                raise ValueError(f"--cpu-replicas {cpu_replicas}: TensorFlow has already set up "
+                raise RunError(f"--cpu-replicas {cpu_replicas}: TensorFlow has already set up "
                                  f"{len(tf.config.list_logical_devices('CPU'))} CPU devices in this "
                                  f"process; run in a new process") from None
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_replicas)])

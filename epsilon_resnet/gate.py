@@ -1,44 +1,53 @@
-"""The strict-identity gate of ε-ResNet (SPEC §1): four ReLUs that close a whole residual block.
+"""The strict-identity gate of ε-ResNet (docs/original.md §1): four ReLUs that close a whole
+residual block.
 
-For a residual branch output F(x), the gate is
+For a residual branch output F(x), with L = 1e6,
 
     s    = max over the whole batch tensor of relu(F - ε) + relu(-F - ε)   (> 0 iff some |F| > ε)
-    gate = relu(relu(s·(-L) + 1)·(-L) + 1),  L = 1e6                        (≈ 1 if s > 1/L, else 0)
+    gate = relu(relu(s·(-L) + 1)·(-L) + 1)                                 (1 if s >= 1/L, 0 if s = 0)
 
-and the layer returns gate·F(x). The huge slope L turns the ReLUs into a step function.
-When the gate is 0 no gradient reaches the block's weights except weight decay, which
-drives them to zero, so a closed block stays closed.
+and the block outputs sc(x) + gate·F(x). The huge slope L turns the ReLUs into a step
+function. When the gate is 0 no gradient reaches the block's weights except weight decay,
+which drives them to zero, so a closed block stays closed.
+
+`StrictIdentity` is an ordinary, serializable Keras layer. Called on `[shortcut, F]` it
+returns the whole block output (the cheaper form, used by `networks`); called on `F` alone it
+returns gate·F.
 """
 import keras
 import tensorflow as tf
 
 GATE_SLOPE = 1e6  # L: any s above 1/L opens the gate fully; a smaller L leaves it half-open.
 EMA_DECAY = 0.95  # tensorpack's moving-summary decay, which the original's logs (and compression) used.
-MONITORED = ("is_discarded", "max_abs", "mean_abs")
+# The per-block moving averages, under the original's summary names: 1 − gate, max |F|, mean |F|.
+MONITORED = ("is_discarded", "response_abs_max", "response_mean_max")
 
 
-def sparsity_score(max_abs, epsilon):
-    """s of SPEC §1 from max |F| over the batch tensor: positive iff some element has |F| > ε.
+def gate_is_open(max_abs, epsilon):
+    """The four-ReLU gate from max |F| over the batch tensor and ε >= 0: 1.0 when some |F| − ε
+    >= 1/L, 0.0 when every |F| <= ε (a fraction only in the 1e-12 band between), in float32
+    because float16 cannot hold L (docs/tensorflow.md, mixed precision).
 
-    For ε >= 0 at most one of relu(F - ε) and relu(-F - ε) is non-zero per element, and
-    that one is |F| - ε, so max(relu(F - ε) + relu(-F - ε)) = relu(max|F| - ε) exactly. The
-    gate monitors max|F| anyway; taking s from it saves four passes over the block output.
+    For ε >= 0 at most one of relu(F − ε) and relu(−F − ε) is non-zero per element, and that
+    one is |F| − ε; x ↦ fl(x − ε) is monotone, so s = relu(max|F| − ε) exactly, in float32 too.
     """
-    return tf.nn.relu(max_abs - epsilon)
-
-
-def gate_from_score(score):
-    """The outer two ReLUs: 1 when score > 1/L, 0 when score == 0."""
+    score = tf.nn.relu(tf.cast(max_abs, tf.float32) - tf.cast(epsilon, tf.float32))
     return tf.nn.relu(tf.nn.relu(score * -GATE_SLOPE + 1.0) * -GATE_SLOPE + 1.0)
+
+
+def moving_average_decay(ema_decay, updates):
+    """tensorpack's decay min(ema_decay, (1 + t) / (10 + t)) after t updates, in float32 as TF1
+    computed it: a warm-up over the first steps, then ema_decay (docs/original.md §1)."""
+    t = tf.cast(updates, tf.float32)
+    return tf.minimum(tf.constant(ema_decay, tf.float32), (1.0 + t) / (10.0 + t))
 
 
 def cross_replica(max_abs, mean_abs):
     """Reduce the per-replica statistics so every replica takes the same gate decision.
 
     The original let each GPU gate its own share of the batch; here the gate is a function
-    of the global batch (the score follows from the global max |F|), so which blocks close
-    does not depend on the number of replicas. Replicas hold equal shares, so the mean of
-    their means is the global mean.
+    of the global batch, so which blocks close does not depend on the number of replicas.
+    Replicas hold equal shares, so the mean of their means is the global mean.
     """
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
@@ -47,46 +56,122 @@ def cross_replica(max_abs, mean_abs):
     return tf.reduce_max(stats[:, 0]), tf.reduce_mean(stats[:, 1])
 
 
-class StrictIdentity(keras.layers.Layer):
-    """Multiplies a residual branch by its strict-identity gate and keeps its monitoring EMAs.
+def branch_statistics(residual, training):
+    """max |F| and (on training steps, for the monitor) mean |F|, in float32, over all replicas.
 
-    `epsilon` is a variable shared by every gate of a model, so one assignment (the ε
-    schedule) moves all of them. The EMAs (decay 0.95, from 0, updated on training steps
-    only) are non-trainable weights, so they live in checkpoints; `is_discarded` reaches 1
-    only after a block has stayed closed for a few hundred steps, which is what
-    compression looks for.
+    No gradient flows through them (the gate is a step function of F), so the backward pass
+    keeps no copy of |F|. On training steps |F| is materialised once and read by both
+    reductions: without a fused kernel TensorFlow cannot take the mean of |F| in fewer passes,
+    and max(max F, −min F) would add one. Elsewhere max(max F, −min F) reads F twice and writes
+    nothing. The max runs in F's own dtype (exact in float16); the mean is taken in float32.
+    """
+    f = tf.stop_gradient(residual)
+    if training:
+        abs_f = tf.abs(f)
+        max_abs, mean_abs = tf.reduce_max(abs_f), tf.reduce_mean(tf.cast(abs_f, tf.float32))
+    else:
+        max_abs, mean_abs = tf.maximum(tf.reduce_max(f), -tf.reduce_min(f)), tf.zeros([])
+    return cross_replica(tf.cast(max_abs, tf.float32), mean_abs)
+
+
+def gated_sum(shortcut, residual, gate):
+    """shortcut + gate·F, with the multiply folded away when the gate is exactly 1 or 0.
+
+    The gate is exactly 0 or 1 except in a band of s 1e-12 wide, so a branch selection
+    (shortcut + F, or shortcut alone) computes the same tensor as the product in both
+    directions without its two passes over F (the multiply and its gradient). Any other
+    gate value, NaN included, takes the literal product.
+    """
+    branch = tf.where(gate == 1.0, 0, tf.where(gate == 0.0, 1, 2))
+    return tf.switch_case(branch, [lambda: shortcut + residual,
+                                   lambda: tf.identity(shortcut),
+                                   lambda: shortcut + residual * tf.cast(gate, residual.dtype)])
+
+
+@keras.saving.register_keras_serializable(package="epsilon_resnet")
+class StrictIdentity(keras.layers.Layer):
+    """The strict-identity gate of one residual block, with its own ε and monitoring averages.
+
+    Call it on `[shortcut, F]` (a drop-in replacement for the block's `Add`) to get
+    shortcut + gate·F, or on `F` alone to get gate·F. Its weights, all non-trainable and so
+    saved in checkpoints and `.keras` files: `epsilon` (float32); the float32 moving averages
+    of MONITORED (from 0, updated on training steps only, in TF1's form
+    shadow −= (1 − d)·(shadow − x) with tensorpack's decay d, see `moving_average_decay`); and
+    `updates` (int64), how many updates they have had. `is_discarded` reaches 1 only after a
+    block has stayed closed for a few hundred steps, which is what the original's compression
+    looked for.
     """
 
-    def __init__(self, epsilon, block, ema_decay=EMA_DECAY, **kwargs):
+    def __init__(self, epsilon=0.0, block=None, ema_decay=EMA_DECAY, **kwargs):
         super().__init__(**kwargs)
-        self.epsilon = epsilon
-        self.block = block  # the user-facing block name, e.g. "res2.9" or "group2/block9"
-        self.ema_decay = ema_decay
+        if float(epsilon) < 0:
+            raise ValueError(f"epsilon must be >= 0, got {float(epsilon)}")
+        self.initial_epsilon = float(epsilon)
+        self.block = block or self.name  # the user-facing block name, e.g. "res2.9" or "group2/block9"
+        self.ema_decay = float(ema_decay)
 
     def build(self, input_shape):
-        for stat in MONITORED:
-            setattr(self, stat, self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                                name=stat, autocast=False))
+        def weight(name, initializer="zeros", dtype="float32"):
+            return self.add_weight(shape=(), initializer=initializer, trainable=False, name=name, dtype=dtype,
+                                   autocast=False)
 
-    def call(self, residual, training=False):
-        # float16 cannot hold L = 1e6, so the gate is computed in float32 under mixed precision.
-        # The gate's derivative in F is zero except where s is within 1e-12 of 1/L, so no
-        # gradient flows through the statistics: the backward pass then keeps no copy of |F|.
-        f = tf.stop_gradient(tf.cast(residual, tf.float32))
-        if training:  # mean |F| is monitored on training steps only
-            abs_f = tf.abs(f)
-            max_abs, mean_abs = tf.reduce_max(abs_f), tf.reduce_mean(abs_f)
-        else:
-            max_abs, mean_abs = tf.maximum(tf.reduce_max(f), -tf.reduce_min(f)), tf.zeros([])
-        max_abs, mean_abs = cross_replica(max_abs, mean_abs)
-        gate = gate_from_score(sparsity_score(max_abs, tf.cast(self.epsilon, tf.float32)))
+        self.epsilon = weight("epsilon", keras.initializers.Constant(self.initial_epsilon))
+        for stat in MONITORED:
+            setattr(self, stat, weight(stat))
+        self.updates = weight("updates", dtype="int64")
+
+    def call(self, inputs, training=False):
+        shortcut, residual = inputs if isinstance(inputs, (list, tuple)) else (None, inputs)
+        max_abs, mean_abs = branch_statistics(residual, training)
+        gate = gate_is_open(max_abs, self.epsilon)
         if training:
-            for stat, value in zip(MONITORED, (1.0 - gate, max_abs, mean_abs)):
-                ema = getattr(self, stat)
-                ema.assign(ema * self.ema_decay + value * (1.0 - self.ema_decay))
-        return residual * tf.cast(gate, residual.dtype)
+            self.update_monitors((1.0 - gate, max_abs, mean_abs))
+        if shortcut is None:
+            return residual * tf.cast(gate, residual.dtype)
+        return gated_sum(shortcut, residual, gate)
+
+    def update_monitors(self, values):
+        decay = moving_average_decay(self.ema_decay, self.updates)
+        for stat, value in zip(MONITORED, values):
+            average = getattr(self, stat)
+            average.assign_sub((average - value) * (1.0 - decay))
+        self.updates.assign_add(1)
+
+    def get_config(self):
+        epsilon = float(self.epsilon.numpy()) if self.built else self.initial_epsilon
+        return {**super().get_config(), "epsilon": epsilon, "block": self.block, "ema_decay": self.ema_decay}
 
 
 def gates_of(model):
-    """The model's gates in network order."""
-    return [layer for layer in model.layers if isinstance(layer, StrictIdentity)]
+    """The model's gates in network order (nested functional or Sequential models included)."""
+    gates = []
+    for layer in model.layers:
+        if isinstance(layer, StrictIdentity):
+            gates.append(layer)
+        elif isinstance(layer, keras.Model):
+            gates.extend(gates_of(layer))
+    return gates
+
+
+def set_epsilon(model, value):
+    """Give every gate of the model the threshold ε = value (the ε schedule's one assignment)."""
+    if float(value) < 0:
+        raise ValueError(f"epsilon must be >= 0, got {float(value)}")
+    for gate in gates_of(model):
+        gate.epsilon.assign(float(value))
+
+
+def epsilon_of(model):
+    """The ε all gates of the model share, as a Python float; None for a model without gates."""
+    values = {float(gate.epsilon.numpy()) for gate in gates_of(model)}
+    if len(values) > 1:
+        raise ValueError(f"the gates of {model.name} have different epsilons: {sorted(values)}")
+    return values.pop() if values else None
+
+
+def residual_input(layer):
+    """The Keras tensor of the residual branch F that a gate of a functional model gates, so
+    a probe model (`keras.Model(model.input, [residual_input(g) for g in gates])`) can look at
+    max |F| per block."""
+    inputs = layer.input
+    return inputs[-1] if isinstance(inputs, (list, tuple)) else inputs

@@ -1,10 +1,13 @@
-"""Pre-activation ResNets ("Identity Mappings in Deep Residual Networks") for CIFAR/SVHN and ImageNet.
+"""Pre-activation ResNets ("Identity Mappings in Deep Residual Networks") for CIFAR/SVHN and
+ImageNet (docs/original.md §2-3).
 
 One builder serves the gated ε-ResNet, the plain baselines and the pruned networks that
 compression produces: the network is described by a `Structure` (units per stage, and
 whether each stage's first, downsampling block is a real block or only its shortcut path)
-plus flags for the gate and the side head. Layer names are deterministic
-(`res2.9_conv1`, `group2_block9_conv1`), so weights are found and copied by name.
+plus flags for the gate and the side head. The builder records which part of the structure
+(stem, unit k of stage s, side head, head) created each layer, so `network_parts` can pair
+the weights of two networks unit by unit. Layer names stay deterministic (`res2.9_conv1`,
+`group2_block9_conv1`) for people reading a summary or a checkpoint.
 """
 import dataclasses
 
@@ -12,7 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from epsilon_resnet.gate import StrictIdentity
+from epsilon_resnet.errors import ConfigError
+from epsilon_resnet.gate import EMA_DECAY, StrictIdentity
 
 FAMILIES = ("cifar", "imagenet")
 STAGE_WIDTHS = {"cifar": (16, 32, 64), "imagenet": (64, 128, 256, 512)}
@@ -21,6 +25,7 @@ IMAGENET_DEPTHS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (Tr
                    101: (True, (3, 4, 23, 3)), 152: (True, (3, 8, 36, 3))}
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # tensorpack's BatchNorm defaults, which the original trained with.
 DATA_FORMATS = ("channels_last", "channels_first")  # NHWC, NCHW
+_PARTS = "_epsilon_resnet_parts"  # model attribute: {part: [names of layers with weights]}, see network_parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,49 +62,70 @@ class Structure:
         """Number of real residual blocks (each carries a gate in an ε-ResNet)."""
         return sum(self.stage_units) - self.first_block_kept.count(False)
 
+    def has_block(self, stage, unit):
+        """Whether unit `unit` of stage `stage` is a real block (not a discarded block's shortcut)."""
+        return unit > 0 or self.first_block_kept[stage]
+
     def block_name(self, stage, unit):
         """User-facing block name: res{stage}.{k} (stages from 1) or group{g}/block{k} (from 0)."""
         return f"res{stage + 1}.{unit}" if self.family == "cifar" else f"group{stage}/block{unit}"
 
+    def units(self):
+        """(stage, unit) of every unit, in network order."""
+        return [(s, u) for s, count in enumerate(self.stage_units) for u in range(count)]
+
     def block_names(self):
         """Names of the real blocks, in network order."""
-        return [self.block_name(s, u) for s, units in enumerate(self.stage_units) for u in range(units)
-                if u > 0 or self.first_block_kept[s]]
+        return [self.block_name(s, u) for s, u in self.units() if self.has_block(s, u)]
 
 
 def cifar_structure(n):
     """The full CIFAR/SVHN ResNet of depth 6n+2."""
     if int(n) < 1:
-        raise ValueError(f"n must be >= 1 (depth 6n+2), got {n}")
+        raise ConfigError(f"n must be >= 1 (depth 6n+2), got {n}")
     return Structure("cifar", (n, n, n), (True, True, True))
 
 
 def imagenet_structure(depth):
     """The full ImageNet ResNet of the given depth."""
     if depth not in IMAGENET_DEPTHS:
-        raise ValueError(f"ImageNet depth must be one of {sorted(IMAGENET_DEPTHS)}, got {depth}")
+        raise ConfigError(f"ImageNet depth must be one of {sorted(IMAGENET_DEPTHS)}, got {depth}")
     bottleneck, groups = IMAGENET_DEPTHS[depth]
     return Structure("imagenet", groups, (True,) * 4, bottleneck)
 
 
-def side_position(structure):
-    """(stage, unit) of the block whose output feeds the side head (SPEC §2).
+def structure_for(model_config, family):
+    """The full network a ModelConfig describes for a dataset family: n for CIFAR/SVHN, depth for ImageNet."""
+    if family == "cifar":
+        if model_config.n is None:
+            raise ConfigError("model.n is required for a CIFAR/SVHN network (depth 6n+2)")
+        return cifar_structure(model_config.n)
+    if family == "imagenet":
+        if model_config.depth is None:
+            raise ConfigError(f"model.depth is required for an ImageNet network ({sorted(IMAGENET_DEPTHS)})")
+        return imagenet_structure(model_config.depth)
+    raise ConfigError(f"family must be one of {FAMILIES}, got {family!r}")
 
-    CIFAR/SVHN: res2.{n//2}. ImageNet: in group2, after block SIDE_POSITION + 1 with
-    SIDE_POSITION = Σdefs//2 − (defs[0]+defs[1]) − 1; the original counted that index over
-    the blocks after block0, which is how ResNet-101 taps group2/block9 and ResNet-18 taps
-    group2/block0.
+
+def side_position(structure):
+    """(stage, unit) of the block whose output feeds the side head (docs/original.md §2).
+
+    CIFAR/SVHN: res2.{n//2}. ImageNet: group2/block{P}, P = Σdefs//2 − (defs[0]+defs[1]) − 1,
+    the block after which half of the network's blocks have run (block8 of ResNet-101,
+    block13 of ResNet-152). The original has no working side head where P < 1; P is then
+    clamped to group2/block0: for ResNet-34/50 it is the formula's own block (8 of 16 blocks
+    run), for ResNet-18, whose midpoint lies in group1, the closest block of group2 (5 of 8).
     """
     units = structure.stage_units
     if structure.family == "cifar":
         return 1, units[1] // 2
-    side_index = sum(units) // 2 - (units[0] + units[1]) - 1
-    return 2, side_index + 1
+    return 2, max(sum(units) // 2 - (units[0] + units[1]) - 1, 0)
 
 
+@keras.saving.register_keras_serializable(package="epsilon_resnet")
 class PixelNormalization(keras.layers.Layer):
     """(image − mean) · scale inside the network, so checkpoints and exports carry the
-    dataset's per-pixel mean and the model takes raw 0–255 pixels."""
+    dataset's normalisation and the model takes raw 0–255 pixels."""
 
     def __init__(self, mean_shape, scale_shape, **kwargs):
         super().__init__(**kwargs)
@@ -113,10 +139,22 @@ class PixelNormalization(keras.layers.Layer):
         return (tf.cast(images, self.compute_dtype) - tf.cast(self.mean, self.compute_dtype)) * tf.cast(
             self.scale, self.compute_dtype)
 
+    def store(self, mean, scale):
+        """Set the constants (None leaves mean 0 or scale 1); each broadcasts to its weight's shape."""
+        for weight, value in ((self.mean, mean), (self.scale, scale)):
+            if value is not None:
+                value = np.asarray(value, np.float32)
+                try:
+                    weight.assign(np.broadcast_to(value, weight.shape))
+                except ValueError:
+                    raise ValueError(f"pixel {weight.name} of shape {value.shape} does not broadcast to the "
+                                     f"network's {tuple(weight.shape)}") from None
+
     def get_config(self):
         return {**super().get_config(), "mean_shape": self.mean_shape, "scale_shape": self.scale_shape}
 
 
+@keras.saving.register_keras_serializable(package="epsilon_resnet")
 class ChannelPad(keras.layers.Layer):
     """Zero-pads channels on both sides: the parameter-free CIFAR downsampling shortcut."""
 
@@ -133,38 +171,8 @@ class ChannelPad(keras.layers.Layer):
         return {**super().get_config(), "pad": self.pad, "data_format": self.data_format}
 
 
-def set_normalization(model, mean, scale):
-    """Store the input normalisation (a DataSource's pixel_mean and pixel_scale) in the model."""
-    layer = model.get_layer("preprocess")
-    layer.mean.assign(np.broadcast_to(np.asarray(mean, np.float32), layer.mean.shape))
-    layer.scale.assign(np.broadcast_to(np.asarray(scale, np.float32), layer.scale.shape))
-
-
-def conv(x, filters, kernel, name, data_format, stride=1):
-    # He-normal with fan_out, no bias: the original's convolutions.
-    return keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=name,
-                               data_format=data_format,
-                               kernel_initializer=keras.initializers.VarianceScaling(
-                                   2.0, "fan_out", "truncated_normal"))(x)
-
-
-def bn_relu(x, name, data_format):
-    x = keras.layers.BatchNormalization(axis=1 if data_format == "channels_first" else -1, momentum=BN_MOMENTUM,
-                                        epsilon=BN_EPSILON, name=f"{name}_bn")(x)
-    return keras.layers.ReLU(name=f"{name}_relu")(x)
-
-
-def classifier(x, num_classes, name, prefix, data_format):
-    """BN-ReLU → global average pool → dense: the head, and the side head."""
-    x = bn_relu(x, prefix, data_format)
-    x = keras.layers.GlobalAveragePooling2D(data_format=data_format, name=f"{prefix}_gap")(x)
-    return keras.layers.Dense(num_classes, name=name, dtype="float32",
-                              kernel_initializer=keras.initializers.VarianceScaling(
-                                  2.0, "fan_in", "truncated_normal"))(x)
-
-
 def first_unit_rules(structure, stage):
-    """(stride, pre-activation, shortcut) of a stage's first block (SPEC §3).
+    """(stride, pre-activation, shortcut) of a stage's first block (docs/original.md §3).
 
     pre-activation: "none" (the stem's BN-ReLU already ran), "bnrelu" (shortcut from the raw
     input) or "both" (ImageNet's both_preact: the shortcut too sees the pre-activated input).
@@ -178,45 +186,103 @@ def first_unit_rules(structure, stage):
     return 2, "both", "conv"
 
 
-def residual_unit(x, structure, stage, unit, epsilon, gated, data_format):
-    """One unit: a full pre-activation block, or (a discarded first block) its shortcut alone."""
-    width = STAGE_WIDTHS[structure.family][stage]
-    out_width = width * 4 if structure.bottleneck else width
-    block = structure.block_name(stage, unit)
-    prefix = block.replace("/", "_")
-    stride, preact, shortcut_kind = first_unit_rules(structure, stage) if unit == 0 else (1, "bnrelu", "identity")
-    has_branch = unit > 0 or structure.first_block_kept[stage]
+class _Builder:
+    """Creates the layers of one network and records, in build order, the part of the
+    structure each belongs to ("stem", "head", "side" or (stage, unit))."""
 
-    needs_preact = preact != "none" and (has_branch or preact == "both")
-    branch_in = bn_relu(x, f"{prefix}_preact", data_format) if needs_preact else x
-    shortcut = branch_in if preact == "both" else x
-    if shortcut_kind == "pool_pad":
-        shortcut = keras.layers.AveragePooling2D(2, data_format=data_format, name=f"{prefix}_pool")(shortcut)
-        shortcut = ChannelPad(out_width // 4, data_format, name=f"{prefix}_pad")(shortcut)
-    elif shortcut_kind == "conv":
-        shortcut = conv(shortcut, out_width, 1, f"{prefix}_convshortcut", data_format, stride)
-    if not has_branch:
-        return shortcut
+    def __init__(self, structure, data_format, gate):
+        self.structure, self.data_format, self.gate = structure, data_format, gate  # gate: kwargs or None
+        self.part, self.parts = "stem", {}
 
-    if structure.bottleneck:  # stride on the 3x3 conv, as fb.resnet.torch and the original did
-        h = bn_relu(conv(branch_in, width, 1, f"{prefix}_conv1", data_format), f"{prefix}_conv1", data_format)
-        h = bn_relu(conv(h, width, 3, f"{prefix}_conv2", data_format, stride), f"{prefix}_conv2", data_format)
-        h = conv(h, out_width, 1, f"{prefix}_conv3", data_format)
-    else:
-        h = bn_relu(conv(branch_in, width, 3, f"{prefix}_conv1", data_format, stride), f"{prefix}_conv1",
-                    data_format)
-        h = conv(h, width, 3, f"{prefix}_conv2", data_format)
-    if gated:
-        h = StrictIdentity(epsilon, block=block, name=f"{prefix}_gate")(h)
-    return keras.layers.Add(name=f"{prefix}_add")([shortcut, h])
+    def apply(self, layer, x):
+        self.parts.setdefault(self.part, []).append(layer)
+        return layer(x)
+
+    def conv(self, x, filters, kernel, name, stride=1):
+        # He-normal with fan_out, no bias: the original's convolutions.
+        return self.apply(keras.layers.Conv2D(
+            filters, kernel, strides=stride, padding="same", use_bias=False, name=name, data_format=self.data_format,
+            kernel_initializer=keras.initializers.VarianceScaling(2.0, "fan_out", "truncated_normal")), x)
+
+    def bn_relu(self, x, name):
+        axis = 1 if self.data_format == "channels_first" else -1
+        x = self.apply(keras.layers.BatchNormalization(axis=axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                                                       name=f"{name}_bn"), x)
+        return self.apply(keras.layers.ReLU(name=f"{name}_relu"), x)
+
+    def classifier(self, x, num_classes, name, prefix):
+        """BN-ReLU → global average pool → dense: the head, and the side head."""
+        x = self.bn_relu(x, prefix)
+        x = self.apply(keras.layers.GlobalAveragePooling2D(data_format=self.data_format, name=f"{prefix}_gap"), x)
+        return self.apply(keras.layers.Dense(num_classes, name=name, dtype="float32",
+                                             kernel_initializer=keras.initializers.VarianceScaling(
+                                                 2.0, "fan_in", "truncated_normal")), x)
+
+    def stem(self, images, pixel_mean, pixel_scale):
+        cifar = self.structure.family == "cifar"
+        image_shape = tuple(images.shape[1:])
+        normalization = PixelNormalization(image_shape if cifar else (3,), () if cifar else (3,), name="preprocess")
+        x = self.apply(normalization, images)
+        normalization.store(pixel_mean, pixel_scale)
+        if self.data_format == "channels_first":
+            x = self.apply(keras.layers.Permute((3, 1, 2), name="to_channels_first"), x)
+        if cifar:
+            return self.bn_relu(self.conv(x, 16, 3, "conv0"), "conv0")
+        x = self.bn_relu(self.conv(x, 64, 7, "conv0", stride=2), "conv0")
+        return self.apply(keras.layers.MaxPooling2D(3, strides=2, padding="same", data_format=self.data_format,
+                                                    name="pool0"), x)
+
+    def shortcut(self, x, kind, out_width, stride, prefix):
+        if kind == "pool_pad":
+            x = self.apply(keras.layers.AveragePooling2D(2, data_format=self.data_format, name=f"{prefix}_pool"), x)
+            return self.apply(ChannelPad(out_width // 4, self.data_format, name=f"{prefix}_pad"), x)
+        if kind == "conv":
+            return self.conv(x, out_width, 1, f"{prefix}_convshortcut", stride)
+        return x
+
+    def branch(self, x, width, out_width, stride, prefix):
+        """The residual branch F: two 3×3 convs, or 1×1-3×3-1×1 with the stride on the 3×3
+        (as fb.resnet.torch and the original did)."""
+        if self.structure.bottleneck:
+            h = self.bn_relu(self.conv(x, width, 1, f"{prefix}_conv1"), f"{prefix}_conv1")
+            h = self.bn_relu(self.conv(h, width, 3, f"{prefix}_conv2", stride), f"{prefix}_conv2")
+            return self.conv(h, out_width, 1, f"{prefix}_conv3")
+        h = self.bn_relu(self.conv(x, width, 3, f"{prefix}_conv1", stride), f"{prefix}_conv1")
+        return self.conv(h, width, 3, f"{prefix}_conv2")
+
+    def unit(self, x, stage, unit):
+        """One unit: a full pre-activation block, or (a discarded first block) its shortcut alone."""
+        structure = self.structure
+        self.part = (stage, unit)
+        self.parts[self.part] = []  # listed even when it creates no layer (an identity shortcut)
+        width = STAGE_WIDTHS[structure.family][stage]
+        out_width = width * 4 if structure.bottleneck else width
+        block, has_branch = structure.block_name(stage, unit), structure.has_block(stage, unit)
+        prefix = block.replace("/", "_")
+        stride, preact, kind = first_unit_rules(structure, stage) if unit == 0 else (1, "bnrelu", "identity")
+        needs_preact = preact != "none" and (has_branch or preact == "both")
+        branch_in = self.bn_relu(x, f"{prefix}_preact") if needs_preact else x
+        shortcut = self.shortcut(branch_in if preact == "both" else x, kind, out_width, stride, prefix)
+        if not has_branch:
+            return shortcut
+        residual = self.branch(branch_in, width, out_width, stride, prefix)
+        if self.gate is None:
+            return self.apply(keras.layers.Add(name=f"{prefix}_add"), [shortcut, residual])
+        return self.apply(StrictIdentity(block=block, name=f"{prefix}_gate", **self.gate), [shortcut, residual])
+
+    def part_names(self):
+        return {part: [layer.name for layer in layers if layer.weights] for part, layers in self.parts.items()}
 
 
-def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilon=0.0,
-                 image_shape=None, name=None, data_format="channels_last"):
+def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilon=0.0, ema_decay=EMA_DECAY,
+                 pixel_mean=None, pixel_scale=None, image_shape=None, name=None, data_format="channels_last"):
     """Build a pre-activation ResNet; outputs {"logits"} and, with side_output, {"side_logits"}.
 
-    With `gated`, every real block's residual branch goes through a StrictIdentity gate
-    sharing one non-trainable ε variable, reachable as `model.epsilon`.
+    With `gated`, every real block ends in a StrictIdentity gate (threshold `epsilon`,
+    monitoring decay `ema_decay`) that adds the gated branch to the shortcut; read and set ε
+    with `gate.epsilon_of` / `gate.set_epsilon`. `pixel_mean` and `pixel_scale` (a data
+    source's, broadcast to a per-pixel mean on CIFAR and per-channel constants on ImageNet;
+    None: 0 and 1) normalise the raw 0–255 input inside the model.
     `data_format="channels_first"` (NCHW, faster on GPUs) still takes NHWC images and
     transposes them after normalisation. The transpose is a layer of its own, so a checkpoint
     restores only into a network of the layout it was trained with.
@@ -224,37 +290,58 @@ def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilo
     if not isinstance(structure, Structure):
         raise TypeError(f"structure must be a Structure, got {type(structure).__name__}")
     if data_format not in DATA_FORMATS:
-        raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
+        raise ConfigError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    cifar = structure.family == "cifar"
-    image_shape = tuple(image_shape or ((32, 32, 3) if cifar else (224, 224, 3)))
+    image_shape = tuple(image_shape or ((32, 32, 3) if structure.family == "cifar" else (224, 224, 3)))
     side_at = side_position(structure) if side_output else None
     if side_at is not None and not (0 <= side_at[1] < structure.stage_units[side_at[0]]):
         raise ValueError(f"side head position {side_at} lies outside stage_units={list(structure.stage_units)}")
-    eps_var = keras.Variable(float(epsilon), trainable=False, name="epsilon", dtype="float32") if gated else None
 
+    builder = _Builder(structure, data_format, dict(epsilon=epsilon, ema_decay=ema_decay) if gated else None)
     images = keras.Input(image_shape, name="images")
-    x = PixelNormalization(image_shape if cifar else (3,), () if cifar else (3,), name="preprocess")(images)
-    if data_format == "channels_first":
-        x = keras.layers.Permute((3, 1, 2), name="to_channels_first")(x)
-    if cifar:
-        x = bn_relu(conv(x, 16, 3, "conv0", data_format), "conv0", data_format)
-    else:
-        x = bn_relu(conv(x, 64, 7, "conv0", data_format, stride=2), "conv0", data_format)
-        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", data_format=data_format, name="pool0")(x)
+    x = builder.stem(images, pixel_mean, pixel_scale)
     outputs = {}
-    for stage, units in enumerate(structure.stage_units):
-        for unit in range(units):
-            x = residual_unit(x, structure, stage, unit, eps_var, gated, data_format)
-            if side_at == (stage, unit):
-                outputs["side_logits"] = classifier(x, num_classes, "side_linear", "side", data_format)
-    outputs = {"logits": classifier(x, num_classes, "linear", "bnlast", data_format), **outputs}
+    for stage, unit in structure.units():
+        x = builder.unit(x, stage, unit)
+        if side_at == (stage, unit):
+            builder.part = "side"
+            outputs["side_logits"] = builder.classifier(x, num_classes, "side_linear", "side")
+    builder.part = "head"
+    outputs = {"logits": builder.classifier(x, num_classes, "linear", "bnlast"), **outputs}
     model = keras.Model(images, outputs, name=name or ("epsilon_resnet" if gated else "resnet"))
-    model.epsilon = eps_var
+    setattr(model, _PARTS, builder.part_names())
     return model
 
 
+def build_from_config(model_config, source):
+    """The network a ModelConfig describes for a DataSource (its family, classes, image shape
+    and normalisation), with the gates' initial ε and monitoring decay from the config."""
+    return build_resnet(structure_for(model_config, source.family), source.num_classes,
+                        gated=model_config.gated, side_output=model_config.side_output,
+                        epsilon=model_config.epsilon, ema_decay=model_config.gate_ema_decay,
+                        pixel_mean=source.pixel_mean, pixel_scale=source.pixel_scale,
+                        image_shape=source.image_shape, data_format=model_config.data_format)
+
+
+def network_parts(model):
+    """{part: [layers with weights, in build order]} for a model built by `build_resnet`.
+
+    part is "stem" (normalisation, conv0), "head", "side" or (stage, unit) for each unit of
+    the structure. Two networks built from structures with the same kind of unit (s, k) and
+    (s, k') have lists of the same layer types and weight shapes, so weights are copied unit
+    by unit, whatever the names. A gated unit's list ends with its StrictIdentity gate, which
+    a plain network lacks. A unit is listed shortcut first, so a discarded first block's
+    shortcut unit (none on CIFAR; pre-activation and convshortcut on ImageNet) lists a prefix
+    of the full block's layers.
+    """
+    names = getattr(model, _PARTS, None)
+    if names is None:
+        raise ValueError(f"{model.name} was not built by build_resnet in this process (a model loaded from a "
+                         f"file carries no part map): build it with build_resnet and load its weights")
+    return {part: [model.get_layer(name) for name in layers] for part, layers in names.items()}
+
+
 def kernels(model):
-    """Every conv and dense kernel: what the L2 weight decay of SPEC §4 covers."""
+    """Every conv and dense kernel: what the L2 weight decay of docs/original.md §4 covers."""
     return [layer.kernel for layer in model.layers if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))]

@@ -1,7 +1,9 @@
-"""Compression (SPEC §8): which blocks go, the kept structure, weights copied by name, the
-lossless check, the .cfg and checkpoint written beside the run without touching it."""
+"""Compression (docs/original.md §8): the gates decide which blocks go, weights are copied by
+structure, the compressed network computes the gated network's logits, and the .cfg and
+checkpoint are written beside the run without touching it."""
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -9,16 +11,20 @@ import pytest
 import tensorflow as tf
 import yaml
 
+from epsilon_resnet import compressed_cfg, run_folder
 from epsilon_resnet import compression as C
 from epsilon_resnet import config as config_lib
-from epsilon_resnet import data, training
-from epsilon_resnet.callbacks import gate_summary
-from epsilon_resnet.compression_cli import imagenet_compressed_main
+from epsilon_resnet import data
+from epsilon_resnet.cli import imagenet_compressed_main
+from epsilon_resnet.errors import CompressionError, RunError
 from epsilon_resnet.gate import StrictIdentity, gates_of
-from epsilon_resnet.networks import Structure, build_resnet, cifar_structure, set_normalization
+from epsilon_resnet.networks import Structure, build_from_config, build_resnet, cifar_structure
+from epsilon_resnet.optimizers import TF1Momentum
+from epsilon_resnet.training import TrainingState
 from cli_helpers import exit_code, snapshot
 
 RNG = np.random.default_rng(7)
+SHUT = 1e6  # an ε above any |F| of these networks: the gate closes although F is not zero
 
 
 def images(count=4, shape=(32, 32, 3)):
@@ -36,49 +42,41 @@ def randomize_batch_norms(model):
             layer.moving_variance.assign(RNG.uniform(0.5, 2.0, size))
 
 
-def close_blocks(model, blocks):
-    """Zero the last conv of each block's residual branch: F(x) = 0, so its gate stays closed."""
-    for block in blocks:
-        prefix = block.replace("/", "_")
-        convs = sorted(l.name for l in model.layers if l.name.startswith(prefix + "_conv") and "shortcut" not in l.name)
-        kernel = model.get_layer(convs[-1]).kernel
-        kernel.assign(np.zeros(kernel.shape, np.float32))
-
-
-def gated_cifar(n, closed, ema_steps=0):
-    """A gated CIFAR network (ε = 0: every non-zero branch is open) with `closed` blocks shut.
-
-    ema_steps training-mode batches with EMA decay 0.5 drive the closed blocks' is_discarded
-    averages to 1 (in float32, exactly 1 after 25 steps).
-    """
-    model = build_resnet(cifar_structure(n), 10, epsilon=0.0)
-    set_normalization(model, 120.0, 1 / 128)
-    randomize_batch_norms(model)
-    close_blocks(model, closed)
+def shut(model, blocks):
+    """Close the gates of `blocks` by raising their ε above max|F|; their branches stay non-zero."""
     for gate in gates_of(model):
-        gate.ema_decay = 0.5
-    batch = images(8)
-    for _ in range(ema_steps):
-        model(batch, training=True)
+        if gate.block in blocks:
+            gate.epsilon.assign(SHUT)
+
+
+def gated_cifar(n, closed):
+    """A gated CIFAR network (ε = 0: every other gate is open) with the gates of `closed` shut."""
+    model = build_resnet(cifar_structure(n), 10, epsilon=0.0, pixel_mean=120.0, pixel_scale=1 / 128)
+    randomize_batch_norms(model)
+    shut(model, closed)
     return model
+
+
+def batches(count=3, size=4, shape=(32, 32, 3)):
+    return tf.data.Dataset.from_tensor_slices((images(count * size, shape), np.zeros(count * size, np.int32))).batch(size)
 
 
 def assert_same_logits(gated, compressed, x):
     expected = gated(x, training=False)["logits"].numpy()
-    np.testing.assert_allclose(compressed(x, training=False)["logits"].numpy(), expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(compressed(x, training=False)["logits"].numpy(), expected, rtol=0, atol=1e-4)
     assert np.abs(expected).max() > 0.1  # not trivially equal
 
 
-# ---- the network transformation ---------------------------------------------------------------
-def test_closed_blocks_are_dropped_and_the_compressed_network_computes_the_same_logits():
+# ---- the decision and the network transformation ------------------------------------------------
+def test_the_gates_decide_and_the_compressed_network_computes_the_same_logits():
     closed = ["res1.1", "res2.0", "res2.2", "res3.1"]
-    gated = gated_cifar(3, closed, ema_steps=30)
-    discarded = C.discarded_blocks(gate_summary(gated), cifar_structure(3).block_names(), 0.5)
-    assert discarded == closed
+    gated = gated_cifar(3, closed)
+    discarded, flickering = C.decide_by_gates(C.GateProbe(gated), batches())
+    assert discarded == closed and flickering == []
 
-    compressed, kept, renames = C.compress_model(gated, cifar_structure(3), discarded)
+    compressed, kept, moves = C.compress_model(gated, cifar_structure(3), discarded)
     assert kept == Structure("cifar", (2, 2, 2), (True, False, True))
-    assert {old: new for old, new in renames.items() if old != new} == {"res1.2": "res1.1", "res3.2": "res3.1"}
+    assert moves[(0, 2)] == (0, 1) and moves[(2, 2)] == (2, 1) and (0, 1) not in moves
     assert not gates_of(compressed) and set(compressed.output) == {"logits"}
     names = {layer.name for layer in compressed.layers}
     assert "res2.0_pool" in names and "res2.0_conv1" not in names and "res2.0_preact_bn" not in names
@@ -86,7 +84,26 @@ def test_closed_blocks_are_dropped_and_the_compressed_network_computes_the_same_
                                   gated.get_layer("res1.2_conv1").kernel.numpy())
     np.testing.assert_array_equal(compressed.get_layer("res3.1_preact_bn").moving_variance.numpy(),
                                   gated.get_layer("res3.2_preact_bn").moving_variance.numpy())
-    assert_same_logits(gated, compressed, images(4))
+    assert_same_logits(gated, compressed, images(4))  # inputs the decision never saw
+
+
+def test_a_block_closed_on_some_batches_only_is_kept_and_reported():
+    gated = gated_cifar(2, [])
+    probe = C.GateProbe(gated)
+    data = batches(count=8)
+    per_batch = np.stack([probe.step(x)[1].numpy() for x, _ in data])  # max|F| per batch and gate
+    flicker = [g.block for g in gates_of(gated)].index("res2.1")
+    threshold = float(np.median(per_batch[:, flicker]))
+    gates_of(gated)[flicker].epsilon.assign(threshold)
+    expected_rate = np.mean(per_batch[:, flicker] <= threshold)
+    assert 0 < expected_rate < 1
+
+    discarded, flickering = C.decide_by_gates(probe_again := C.GateProbe(gated), data)
+    assert discarded == []
+    assert flickering == [{"block": "res2.1", "closed_rate": pytest.approx(expected_rate, abs=1e-4),
+                           "max_abs": pytest.approx(per_batch[:, flicker].max(), rel=1e-6),
+                           "epsilon": pytest.approx(threshold, rel=1e-6)}]
+    assert probe_again.gates == gates_of(gated)
 
 
 @pytest.mark.parametrize("closed, expected", [
@@ -107,11 +124,12 @@ def test_bottleneck_network_keeps_the_shortcut_convolutions_of_discarded_first_b
     """ImageNet blocks: group0/block0's widening convshortcut and group1/block0's both_preact
     BN + convshortcut survive when those blocks are discarded."""
     structure = Structure("imagenet", (1, 2, 2, 1), (True,) * 4, bottleneck=True)
-    gated = build_resnet(structure, 10, epsilon=0.0, side_output=False, image_shape=(32, 32, 3))
-    set_normalization(gated, [120.0, 115.0, 100.0], [0.02, 0.02, 0.02])
+    gated = build_resnet(structure, 10, epsilon=0.0, side_output=False, image_shape=(32, 32, 3),
+                         pixel_mean=[120.0, 115.0, 100.0], pixel_scale=[0.02, 0.02, 0.02])
     randomize_batch_norms(gated)
     closed = ["group0/block0", "group1/block0", "group2/block1"]
-    close_blocks(gated, closed)
+    shut(gated, closed)
+    assert C.decide_by_gates(C.GateProbe(gated), batches())[0] == closed
     compressed, kept, _ = C.compress_model(gated, structure, closed)
     assert kept == Structure("imagenet", (1, 2, 1, 1), (False, False, True, True), bottleneck=True)
     names = {layer.name for layer in compressed.layers}
@@ -123,19 +141,14 @@ def test_bottleneck_network_keeps_the_shortcut_convolutions_of_discarded_first_b
 def test_weights_that_do_not_fit_are_errors_naming_the_layer():
     gated = gated_cifar(2, [])
     structure = cifar_structure(2)
-    too_big = build_resnet(Structure("cifar", (3, 2, 2), (True,) * 3), 10, gated=False, side_output=False)
-    renames = {name: name for name in structure.block_names()} | {"res1.2": "res1.2"}
-    with pytest.raises(C.CompressionError, match=r"'res1.2_preact_bn'.*no source layer"):
-        C.copy_weights(gated, too_big, renames)
+    kept, moves = C.compressed_structure(structure, [])
     other_classes = build_resnet(structure, 100, gated=False, side_output=False)
-    with pytest.raises(C.CompressionError, match=r"layer 'linear'.*shape \(64, 100\).*\(64, 10\)"):
-        C.copy_weights(gated, other_classes, {name: name for name in structure.block_names()})
-    # Dropping a block that was not declared discarded would lose its weights.
-    smaller, renames = C.compressed_structure(structure, ["res3.1"])
-    target = build_resnet(smaller, 10, gated=False, side_output=False)
-    with pytest.raises(C.CompressionError, match=r"outside the discarded blocks.*res3.1_conv1"):
-        C.copy_weights(gated, target, renames, discarded=())
-    with pytest.raises(C.CompressionError, match=r"cannot discard \['res4.0'\]"):
+    with pytest.raises(CompressionError, match=r"layer 'linear'.*shape \(64, 100\).*\(64, 10\)"):
+        C.copy_weights(gated, other_classes, kept, moves)
+    bottleneck = build_resnet(Structure("imagenet", (2, 2, 2, 2), (True,) * 4), 10, gated=False, side_output=False)
+    with pytest.raises(CompressionError, match=r"layer .preprocess.: weight .mean. has shape \(3,\)"):
+        C.copy_weights(gated, bottleneck, kept, moves)
+    with pytest.raises(CompressionError, match=r"cannot discard \['res4.0'\]"):
         C.compressed_structure(structure, ["res4.0"])
 
 
@@ -148,45 +161,53 @@ def test_network_cost_counts_conv_and_dense_macs_and_trainable_parameters():
     assert C.network_cost(model) == {"params": params, "macs": macs}  # the side head is not counted
 
 
-# ---- "reached 1" --------------------------------------------------------------------------------
+# ---- the original's rule: "the is_discarded average reached 1" ------------------------------------
 def float32_ema_fixed_point(decay):
-    """Where the gate's float32 update ema·d + 1·(1−d) stops moving for a block closed forever."""
-    ema, d, step = np.float32(0), np.float32(decay), np.float32(1.0 - decay)
-    while (new := np.float32(ema * d) + step) != ema:
+    """Where TF1's float32 update shadow −= (shadow − 1)·(1 − d) stops moving for a block closed forever."""
+    ema, step = np.float32(0), np.float32(1) - np.float32(decay)  # 1 − d in float32, as the gate computes it
+    while (new := ema - np.float32((ema - np.float32(1)) * step)) != ema:
         ema = new
     return ema
 
 
-def test_a_closed_block_stalls_below_one_in_float32_and_still_counts_as_discarded():
-    layer = StrictIdentity(keras.Variable(1.0, trainable=False), block="res1.0", ema_decay=0.95)
+def tensorpack_ema_of_ones(steps, decay):
+    """TF1's float32 moving average of x = 1 over `steps` updates with tensorpack's warm-up decay."""
+    ema = np.float32(0)
+    for t in range(steps):
+        d = min(np.float32(decay), np.float32(1 + t) / np.float32(10 + t))
+        ema = ema - np.float32((ema - np.float32(1)) * (np.float32(1) - d))
+    return ema
+
+
+def test_a_closed_block_stalls_at_or_below_one_in_float32_and_still_counts_as_discarded():
+    layer = StrictIdentity(epsilon=1.0, block="res1.0", ema_decay=0.95)
     closed_step = tf.function(lambda: layer(tf.zeros((1, 2, 2, 1)), training=True))
     for _ in range(400):
         closed_step()
     stalled = float(layer.is_discarded.numpy())
-    assert stalled < 1.0 and stalled == float32_ema_fixed_point(0.95)
-    assert C.reached_one(stalled, 0.95)
-    for decay in (0.5, 0.9, 0.99, 0.999):
-        assert C.reached_one(float32_ema_fixed_point(decay), decay)
+    assert stalled == tensorpack_ema_of_ones(400, 0.95) <= 1.0
+    record = {"global_step": 400, "res1.0/is_discarded": stalled}
+    assert C.decide_by_ema(record, ["res1.0"], 0.95) == ["res1.0"]
+    # Without the warm-up the average stalls lowest (0.99999946 at d = 0.95), and still counts.
+    assert float32_ema_fixed_point(0.95) == np.float32(0.99999946)
+    for decay in (0.5, 0.9, 0.95, 0.99, 0.999):
+        assert float32_ema_fixed_point(decay) >= 1 - C.discard_tolerance(decay)
 
 
 def test_a_block_open_within_the_last_hundred_steps_has_not_reached_one():
     for decay in (0.9, 0.95, 0.99):
         ema = np.float32(float32_ema_fixed_point(decay) * decay)  # open once (x = 0) ...
         for _ in range(100):                                     # ... then closed again
-            ema = np.float32(ema * np.float32(decay)) + np.float32(1.0 - decay)
-        assert not C.reached_one(ema, decay)
-    assert not C.reached_one(0.9999, 0.95) and C.reached_one(1.0, 0.95)
-
-
-def test_discarded_blocks_need_every_block_in_the_record():
-    with pytest.raises(C.CompressionError, match=r"no is_discarded average for block\(s\) \['res1.1'\]"):
-        C.discarded_blocks({"global_step": 5, "res1.0/is_discarded": 1.0}, ["res1.0", "res1.1"], 0.95)
+            ema = ema - np.float32((ema - np.float32(1)) * (np.float32(1) - np.float32(decay)))
+        assert ema < 1 - C.discard_tolerance(decay)
+    with pytest.raises(CompressionError, match=r"no is_discarded average for block\(s\) \['res1.1'\]"):
+        C.decide_by_ema({"global_step": 5, "res1.0/is_discarded": 1.0}, ["res1.0", "res1.1"], 0.95)
 
 
 # ---- a run folder ---------------------------------------------------------------------------------
 class ArraySource:
     """The DataSource interface compression uses, over a few random images."""
-    num_classes, image_shape = 10, (32, 32, 3)
+    num_classes, image_shape, family = 10, (32, 32, 3), "cifar"
 
     def __init__(self, count=12):
         self.pixel_mean, self.pixel_scale = np.float32(110.0), np.float32(1 / 128)
@@ -195,8 +216,12 @@ class ArraySource:
     def eval_dataset(self, batch_size):
         return tf.data.Dataset.from_tensor_slices((self.images, self.labels)).batch(batch_size)
 
+    def train_dataset(self, batch_size, seed=None):
+        train = images(16)
+        return tf.data.Dataset.from_tensor_slices((train, np.zeros(16, np.int32))).repeat().batch(batch_size)
 
-RUN_CONFIG = {"data": {"name": "cifar10", "dir": None}, "model": {"n": 2, "epsilon": 0.01},
+
+RUN_CONFIG = {"data": {"name": "cifar10", "dir": None}, "model": {"n": 2, "epsilon": 0.0},
               "train": {"batch_size": 4, "eval_batch_size": 4}}
 CLOSED = ["res1.1", "res2.0"]
 
@@ -204,26 +229,27 @@ CLOSED = ["res1.1", "res2.0"]
 def write_run(folder, source, averages=None, steps=(6, 12), raw_config=RUN_CONFIG, closed=CLOSED):
     """A run folder as training leaves it: config.yaml, metrics.jsonl, checkpoints model-<step>.
 
-    The checkpoints hold model, optimizer and state like the Trainer's; `averages` overrides
-    recorded is_discarded values (closed blocks 1.0, others 0.3 by default).
+    The checkpoints hold model, optimizer and state like the Trainer's, with the gates of
+    `closed` shut by their ε; `averages` overrides recorded is_discarded values (closed
+    blocks 1.0, others 0.3 by default).
     """
     os.makedirs(folder)
     config = config_lib.from_dict(raw_config)
     with open(os.path.join(folder, "config.yaml"), "w") as f:
         f.write(config_lib.dump(config))
-    gated = training.build_model(config, source)
+    gated = build_from_config(config.model, source)
     randomize_batch_norms(gated)
-    close_blocks(gated, closed)
-    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    shut(gated, closed)
+    optimizer = TF1Momentum(0.1)
     optimizer.build(gated.trainable_variables)
-    checkpoint = tf.train.Checkpoint(model=gated, optimizer=optimizer, state=training.TrainingState())
-    blocks = training.structure_for(config).block_names()
+    checkpoint = tf.train.Checkpoint(model=gated, optimizer=optimizer, state=TrainingState())
+    blocks = [g.block for g in gates_of(gated)]
     averages = {b: 1.0 if b in closed else 0.3 for b in blocks} | (averages or {})
     with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
         for epoch, step in enumerate(steps, 1):
             checkpoint.write(os.path.join(folder, f"model-{step}"))
             record = {"epoch": epoch, "global_step": step, "val_error": 0.5 + epoch / 100, "val_error_side": 0.7,
-                      "epsilon": 0.01, **{f"{b}/is_discarded": a for b, a in averages.items()}}
+                      "epsilon": 0.0, **{f"{b}/is_discarded": a for b, a in averages.items()}}
             f.write(json.dumps(record) + "\n")
     return gated
 
@@ -238,7 +264,7 @@ def run(tmp_path_factory, source):
     folder = str(tmp_path_factory.mktemp("runs") / "train_log.tiny")
     gated = write_run(folder, source)
     before = snapshot(folder)
-    cfg_path, cfg = C.compress_run(os.path.dirname(folder), 12, source=source)  # found below its parent
+    cfg_path, cfg = C.compress_run(os.path.dirname(folder), 12, decide_batches=3, source=source)  # found below
     return folder, gated, before, cfg_path, cfg
 
 
@@ -248,21 +274,21 @@ def test_compress_run_writes_cfg_and_weights_that_round_trip(run, source):
     with open(cfg_path) as f:
         assert yaml.safe_load(f) == cfg
     assert cfg["dataset"] == "cifar10" and cfg["n"] == 2 and cfg["step"] == 12 and cfg["epoch"] == 2
-    assert cfg["source_checkpoint"] == "model-12" and cfg["epsilon"] == pytest.approx(0.01)
+    assert cfg["source_checkpoint"] == "model-12" and (cfg["rule"], cfg["decide_batches"]) == ("gates", 3)
     assert cfg["discarded_blocks"] == CLOSED and cfg["first_block_discarded"] == [False, True, False]
     assert (cfg["stage_units"], cfg["first_block_kept"]) == ([1, 2, 2], [True, False, True])
     assert cfg["recorded_errors"] == {"val_error": 0.52, "val_error_side": 0.7}
     check = cfg["check"]
-    assert check["images"] == 12 and check["batches"] == 3 and check["max_abs_logit_difference"] <= 1e-5
+    assert check["images"] == 12 and check["batches"] == 3 and check["max_abs_logit_difference"] <= 1e-4
     assert check["gated_error"] == check["compressed_error"] and cfg["warnings"] == []
     assert cfg["cost"]["compressed"]["params"] < cfg["cost"]["full"]["params"]
     assert cfg["cost"]["compressed"]["macs"] < cfg["cost"]["full"]["macs"]
 
-    spec = C.read_cfg(cfg_path)
-    model = C.load_compressed(spec)
+    spec = compressed_cfg.read(cfg_path)
+    model = compressed_cfg.build(spec)
     assert spec.structure == Structure("cifar", (1, 2, 2), (True, False, True))
     x = source.images[:4]
-    np.testing.assert_allclose(model(x)["logits"].numpy(), gated(x, training=False)["logits"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(model(x)["logits"].numpy(), gated(x, training=False)["logits"].numpy(), atol=1e-4)
     # The per-pixel mean came from the checkpoint, not from the data source.
     assert np.all(model.get_layer("preprocess").mean.numpy() == 110.0)
 
@@ -278,19 +304,21 @@ def test_the_run_folder_is_unchanged_except_for_the_new_files(run):
 def test_existing_outputs_are_never_overwritten(run, source):
     folder, _, _, _, _ = run
     before = snapshot(folder)
-    with pytest.raises(C.CompressionError, match=r"already holds \['compressed_model_12.cfg'"):
+    with pytest.raises(CompressionError, match=r"already holds \['compressed_model_12.cfg'"):
         C.compress_run(folder, 12, source=source)
     assert snapshot(folder) == before
 
 
-def test_a_step_without_checkpoint_or_metrics_lists_the_available_ones(tmp_path, source):
+def test_a_step_without_checkpoint_lists_the_available_ones(tmp_path, source):
     folder = str(tmp_path / "run")
     write_run(folder, source)
     os.remove(os.path.join(folder, "model-6.index"))
-    with pytest.raises(training.RunError, match=r"model-6.*checkpoints at steps \[12\]"):
+    with pytest.raises(RunError, match=r"model-6.*checkpoints at steps \[12\]"):
         C.compress_run(folder, 6, source=source)
-    with pytest.raises(C.CompressionError, match=r"no epoch ending at step 7; the recorded steps are \[6, 12\]"):
-        C.compress_run(folder, 7, source=source)
+    for suffix in (".index", ".data-00000-of-00001"):  # a checkpoint that is no epoch end (a Ctrl-C save)
+        shutil.copy(os.path.join(folder, "model-12" + suffix), os.path.join(folder, "model-7" + suffix))
+    with pytest.raises(CompressionError, match=r"--rule ema.*no epoch ending at step 7"):
+        C.compress_run(folder, 7, rule="ema", source=source)
     assert not [f for f in os.listdir(folder) if f.startswith("compressed")]
 
 
@@ -299,31 +327,48 @@ def test_several_runs_below_the_folder_are_listed(tmp_path):
         os.makedirs(tmp_path / name)
         for file in ("config.yaml", "metrics.jsonl"):
             (tmp_path / name / file).write_text("")
-    with pytest.raises(C.CompressionError, match=r"several: \[.*train_log.a', .*train_log.b'\]"):
-        C.find_run(str(tmp_path))
-    assert C.find_run(str(tmp_path / "train_log.a")) == str(tmp_path / "train_log.a")
+    with pytest.raises(CompressionError, match=r"several: \[.*train_log.a', .*train_log.b'\]"):
+        run_folder.find_run(str(tmp_path))
+    assert run_folder.find_run(str(tmp_path / "train_log.a")) == str(tmp_path / "train_log.a")
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(C.CompressionError, match="found none"):
-        C.find_run(str(tmp_path / "empty"))
-    with pytest.raises(C.CompressionError, match="is not a folder"):
-        C.find_run(str(tmp_path / "missing"))
+    with pytest.raises(CompressionError, match="found none"):
+        run_folder.find_run(str(tmp_path / "empty"))
+    with pytest.raises(CompressionError, match="is not a folder"):
+        run_folder.find_run(str(tmp_path / "missing"))
 
 
-def test_strict_keeps_a_discarded_block_whose_gate_opens(tmp_path, source):
-    """res3.1's average says 1 but its branch is not zero: on validation data its gate opens."""
+def test_the_original_rule_misses_a_fresh_closure_and_the_gates_do_not(tmp_path, source):
+    """res3.1 is closed at the step but its average (0.6) has not reached 1: the original's rule
+    keeps it, and the compressed network adds back a residual the gated one skipped."""
+    closed = CLOSED + ["res3.1"]
+    averages = {"res3.1": 0.6}
+    ema_folder, gates_folder = str(tmp_path / "ema"), str(tmp_path / "gates")
+    write_run(ema_folder, source, averages=averages, closed=closed)
+    _, ema = C.compress_run(ema_folder, 12, rule="ema", source=source)
+    assert ema["discarded_blocks"] == CLOSED and ema["check"]["kept_blocks_closed"] == ["res3.1"]
+    assert ema["check"]["max_abs_logit_difference"] > 1e-3 and ema["decide_batches"] is None
+    assert any("kept block(s) ['res3.1'] were closed" in w for w in ema["warnings"])
+
+    write_run(gates_folder, source, averages=averages, closed=closed)
+    _, gates = C.compress_run(gates_folder, 12, decide_batches=2, source=source)
+    assert gates["discarded_blocks"] == closed and gates["check"]["max_abs_logit_difference"] <= 1e-4
+
+
+def test_strict_keeps_a_removed_block_whose_gate_opens(tmp_path, source):
+    """Under the original's rule res3.1's average says 1 but its gate is open: on validation data it opens."""
     folder = str(tmp_path / "run")
     write_run(folder, source, averages={"res3.1": 1.0})
-    _, cfg = C.compress_run(folder, 12, source=source, check_batches=2)
+    _, cfg = C.compress_run(folder, 12, rule="ema", source=source, check_batches=2)
     assert cfg["discarded_blocks"] == ["res1.1", "res2.0", "res3.1"]
     assert cfg["check"]["images"] == 8 and cfg["check"]["discarded_blocks_opened"] == ["res3.1"]
     assert cfg["check"]["max_abs_logit_difference"] > 1e-3
-    assert any("discarded block res3.1 opened" in w for w in cfg["warnings"])
+    assert any("removed block res3.1 opened" in w for w in cfg["warnings"])
 
     strict_folder = str(tmp_path / "strict")
     write_run(strict_folder, source, averages={"res3.1": 1.0})
-    _, cfg = C.compress_run(strict_folder, 12, source=source, strict=True)
+    _, cfg = C.compress_run(strict_folder, 12, rule="ema", source=source, strict=True)
     assert cfg["discarded_blocks"] == CLOSED and cfg["check"]["kept_by_strict"] == ["res3.1"]
-    assert cfg["stage_units"] == [1, 2, 2] and cfg["check"]["max_abs_logit_difference"] <= 1e-5
+    assert cfg["stage_units"] == [1, 2, 2] and cfg["check"]["max_abs_logit_difference"] <= 1e-4
 
 
 # ---- reading .cfg files ----------------------------------------------------------------------------
@@ -341,8 +386,8 @@ def test_malformed_cfg_is_a_clear_error(run, tmp_path, edit, message):
         text = f.read()
     path = tmp_path / "edited.cfg"
     path.write_text(edit(text))
-    with pytest.raises(C.CompressionError, match=message):
-        C.read_cfg(str(path))
+    with pytest.raises(CompressionError, match=message):
+        compressed_cfg.read(str(path))
 
 
 def test_weights_that_do_not_fit_the_cfg_are_refused(run, tmp_path):
@@ -352,29 +397,29 @@ def test_weights_that_do_not_fit_the_cfg_are_refused(run, tmp_path):
     raw["stage_units"], raw["weights"] = [2, 2, 2], os.path.join(folder, raw["weights"])
     wrong = tmp_path / "wrong.cfg"
     wrong.write_text(yaml.safe_dump(raw))
-    with pytest.raises(C.CompressionError, match="do not fit the network"):
-        C.load_compressed(C.read_cfg(str(wrong)))
+    with pytest.raises(CompressionError, match="do not fit the network"):
+        compressed_cfg.build(compressed_cfg.read(str(wrong)))
     raw["stage_units"], raw["weights"] = [1, 2, 2], "missing_weights"
     wrong.write_text(yaml.safe_dump(raw))
-    with pytest.raises(C.CompressionError, match=r"missing_weights.index does not exist"):
-        C.load_compressed(C.read_cfg(str(wrong)))
+    with pytest.raises(CompressionError, match=r"missing_weights.index does not exist"):
+        compressed_cfg.build(compressed_cfg.read(str(wrong)))
 
 
 def test_data_of_another_shape_or_class_count_is_refused(run):
-    spec = C.read_cfg(run[3])
-    C.check_source_fits(spec, ArraySource())
+    spec = compressed_cfg.read(run[3])
+    compressed_cfg.check_source_fits(spec, ArraySource())
     wider = ArraySource()
     wider.num_classes = 100
-    with pytest.raises(C.CompressionError, match=r"for 10 classes of \[32, 32, 3\].*has 100 classes"):
-        C.check_source_fits(spec, wider)
+    with pytest.raises(CompressionError, match=r"for 10 classes of \[32, 32, 3\].*has 100 classes"):
+        compressed_cfg.check_source_fits(spec, wider)
 
 
 def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
     model = build_resnet(cifar_structure(1), 10, gated=False, side_output=False)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(C.CompressionError, match="not an empty folder"):
-        C.export_saved_model(model, str(tmp_path / "full"))
+    with pytest.raises(CompressionError, match="not an empty folder"):
+        compressed_cfg.export_saved_model(model, str(tmp_path / "full"))
     assert os.listdir(tmp_path / "full") == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["full"]
 
 
@@ -382,17 +427,15 @@ def test_imagenet_run_compresses_and_evaluates_top1_and_top5(tmp_path, capsys):
     """ResNet-18 on fake ImageNet (32×32, 20 classes): group1/block0 (convshortcut kept) and
     group2/block1 discarded; imagenetCompressedResnet.py prints the errors the check measured."""
     options = {"image_size": 32, "num_classes": 20, "num_train": 16, "num_eval": 12}
-    raw = {"data": {"name": "fake-imagenet", "options": options}, "model": {"depth": 18, "epsilon": 0.01},
+    raw = {"data": {"name": "fake-imagenet", "options": options}, "model": {"depth": 18, "epsilon": 0.0},
            "train": {"eval_batch_size": 4}}
     folder = str(tmp_path / "run")
     write_run(folder, data.get_source("fake-imagenet", **options), steps=(5,), raw_config=raw,
               closed=["group1/block0", "group2/block1"])
-    cfg_path, cfg = C.compress_run(folder, 5)
+    cfg_path, cfg = C.compress_run(folder, 5, decide_batches=2)
     assert (cfg["depth"], cfg["stage_units"], cfg["first_block_kept"]) == (18, [2, 2, 1, 2], [True, False, True, True])
-    assert cfg["check"]["max_abs_logit_difference"] <= 1e-5 and cfg["check"]["images"] == 12
+    assert cfg["check"]["max_abs_logit_difference"] <= 1e-4 and cfg["check"]["images"] == 12
     assert exit_code(imagenet_compressed_main, "--cfg", cfg_path) == 0
     top1, top5 = capsys.readouterr().out.splitlines()[:2]
     assert top1 == f"Top-1 error: {cfg['check']['compressed_error']}" and top5.startswith("Top-5 error: ")
     assert 0 <= float(top5.split(": ")[1]) <= float(top1.split(": ")[1])
-
-

@@ -3,6 +3,7 @@ CIFAR-10 whose blocks all close (ε = 1e3, EMA decay 0.5), compressed at its las
 evaluated, exported; and the command lines' errors."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 
 from data_fixtures import write_cifar10_python
-from epsilon_resnet import compression, data
+from epsilon_resnet import compressed_cfg, data
 from epsilon_resnet.metrics_file import read_metrics
-from epsilon_resnet.compression_cli import (compress_main, cifar_compressed_main, imagenet_compressed_main,
-                                            svhn_compressed_main)
+from epsilon_resnet.cli import (compress_main, cifar_compressed_main, imagenet_compressed_main, imagenet_main,
+                                svhn_compressed_main)
 from cli_helpers import exit_code, snapshot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +45,7 @@ def test_compress_evaluate_and_export_reproduce_the_gated_network(trained, tmp_p
     work, run_dir, data_dir = trained
     record = read_metrics(str(run_dir))[-1]
     step = record["global_step"]
-    assert step == 30 and record["discarded_cnt"] == 3.0  # every average reached 1
+    assert step == 30 and record["discarded_cnt"] == pytest.approx(3.0, abs=1e-6)  # every average reached 1
     before = snapshot(run_dir)
 
     assert exit_code(compress_main, "--dir", work, "--step", step) == 0
@@ -56,7 +57,7 @@ def test_compress_evaluate_and_export_reproduce_the_gated_network(trained, tmp_p
                                                 f"compressed_model_{step}.data-00000-of-00001",
                                                 f"compressed_model_{step}.index"]
     cfg_path = run_dir / f"compressed_model_{step}.cfg"
-    spec = compression.read_cfg(str(cfg_path))
+    spec = compressed_cfg.read(str(cfg_path))
     assert spec.structure.stage_units == (1, 1, 1) and spec.structure.first_block_kept == (False,) * 3
 
     # A second compression of the same step is refused and changes nothing.
@@ -78,7 +79,7 @@ def test_compress_evaluate_and_export_reproduce_the_gated_network(trained, tmp_p
               "np.save('served.npy', logits)\n")
     served = python("-c", script, cwd=tmp_path, pythonpath="")
     assert served.returncode == 0, served.stderr[-3000:]
-    expected = compression.load_compressed(spec)(images)["logits"].numpy()
+    expected = compressed_cfg.build(spec)(images)["logits"].numpy()
     np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, rtol=1e-5, atol=1e-5)
 
     # An export folder that is not empty is refused before anything is evaluated.
@@ -87,21 +88,50 @@ def test_compress_evaluate_and_export_reproduce_the_gated_network(trained, tmp_p
     assert "not an empty folder" in captured.err and "Error:" not in captured.out
 
 
-def test_kept_blocks_that_closed_are_reported_on_a_partial_check(trained, capsys):
-    """At step 10 the averages are 1 − 2⁻¹⁰: nothing is discarded, yet every gate was closed."""
+def test_a_short_all_closed_run_compresses_losslessly_and_the_original_rule_does_not(trained, capsys):
+    """At step 10 every gate has been closed for 10 steps but the averages are below 1: the gates
+    remove every block and the compressed network equals the gated one; the original's rule
+    keeps them all, and the compressed network then adds back residuals the gated one skipped."""
     _, run_dir, _ = trained
-    assert exit_code(compress_main, "--dir", run_dir, "--step", 10, "--check-batches", 1) == 0
+    assert exit_code(compress_main, "--dir", run_dir, "--step", 10, "--decide-batches", 3) == 0
+    out = capsys.readouterr().out
+    assert "discarded 3 of 3 blocks (closed on all 3 training batches)" in out
+    found = re.search(r"max \|logit difference\| (\S+), error gated (\S+), compressed (\S+)", out)
+    assert float(found.group(1)) <= 1e-4 and found.group(2) == found.group(3)
+    spec = compressed_cfg.read(str(run_dir / "compressed_model_10.cfg"))
+    assert spec.structure.stage_units == (1, 1, 1) and spec.structure.first_block_kept == (False,) * 3
+
+    os.rename(run_dir / "compressed_model_10.cfg", run_dir.parent / "gates_10.cfg")  # make room for the ema rule
+    for name in os.listdir(run_dir):
+        if name.startswith("compressed_model_10."):
+            os.remove(run_dir / name)
+    assert exit_code(compress_main, "--dir", run_dir, "--step", 10, "--rule", "ema", "--check-batches", 1) == 0
     captured = capsys.readouterr()
     assert "kept block(s) ['res1.0', 'res2.0', 'res3.0'] were closed" in captured.err
-    assert "check on 8 validation images" in captured.out
-    spec = compression.read_cfg(str(run_dir / "compressed_model_10.cfg"))
-    assert spec.structure.stage_units == (1, 1, 1) and spec.structure.first_block_kept == (True,) * 3
+    assert "check on 8 validation images" in captured.out and "discarded 0 of 3 blocks" in captured.out
+
+
+def test_the_evaluation_scripts_take_the_original_flags(trained, tmp_path, monkeypatch, capsys):
+    work, run_dir, _ = trained
+    cfg = run_dir / "compressed_model_30.cfg"
+    if not cfg.exists():  # this test may run alone
+        assert exit_code(compress_main, "--dir", run_dir, "--step", 30) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert exit_code(cifar_compressed_main, "--cfg", cfg, "-n", 1, "-o", "eval") == 0
+    error = float(capsys.readouterr().out.splitlines()[0].split(": ")[1])
+    written = json.loads((tmp_path / "train_log.eval" / "evaluation.json").read_text())
+    assert written["val_error"] == error and written["cfg"] == str(cfg)
+    assert exit_code(cifar_compressed_main, "--cfg", cfg, "--num_units", 2) == 1
+    assert "pruned from a network with n = 1, not -n 2" in capsys.readouterr().err
+    assert exit_code(imagenet_main, "--cfg", cfg) == 1  # imagenetEpsilonResnet.py --cfg evaluates ImageNet only
+    assert "evaluates imagenet or fake-imagenet" in capsys.readouterr().err
 
 
 def test_command_line_errors_exit_nonzero_with_the_reason(trained, tmp_path, capsys):
     work, run_dir, _ = trained
     failed = python(os.path.join(ROOT, "scripts", "compressModel.py"), "--dir", run_dir, "--step", 25, cwd=work)
-    assert failed.returncode == 1 and "the recorded steps are [10, 20, 30]" in failed.stderr
+    assert failed.returncode == 1 and "has checkpoints at steps [10, 20, 30]" in failed.stderr
 
     assert exit_code(compress_main, "--dir", run_dir, "--step", 20, "--check-batches", 0) == 2
     os.makedirs(tmp_path / "two" / "a"), os.makedirs(tmp_path / "two" / "b")

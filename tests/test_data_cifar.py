@@ -1,7 +1,10 @@
-"""CIFAR-10/100 loading in every on-disk form, and the shared training pipeline."""
+"""CIFAR-10/100 loading in every on-disk form, the dataset registry, and the shared training pipeline."""
+import hashlib
 import importlib.util
 import os
 import pickle
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -10,7 +13,8 @@ import pytest
 import tensorflow as tf
 
 import data_fixtures as fx
-from epsilon_resnet.data import get_source
+from epsilon_resnet.data import augment, get_source
+from epsilon_resnet.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_TRAIN, NUM_TEST, SEED = 30, 10, 0
@@ -70,6 +74,9 @@ def test_cifar10_from_a_folder_tensorflow_datasets_prepared(tmp_path):
     images, labels, _ = eval_arrays(source)  # tfds stores examples in its own order
     by_pixels = lambda ims, lbs: sorted((im.astype(np.uint8).tobytes(), int(lb)) for im, lb in zip(ims, lbs))
     assert by_pixels(images, labels) == by_pixels(*test)
+    held = smallest_hashes(train[0], 8)  # the held-out split does not depend on the storage order
+    images, labels, _ = eval_arrays(get_source("cifar10", data_dir, holdout=8))
+    assert by_pixels(images, labels) == by_pixels(train[0][held], train[1][held])
 
 
 @pytest.mark.parametrize("kind", ["python", "binary"])
@@ -81,21 +88,21 @@ def test_cifar100_reads_the_fine_labels(tmp_path, kind):
 
 
 def test_missing_data_says_where_it_looked_and_what_to_put_there(tmp_path):
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(DataError) as error:
         get_source("cifar10", str(tmp_path))
     message = str(error.value)
     for text in ("cifar10", str(tmp_path / "cifar-10-batches-py"), str(tmp_path / "cifar-10-python.tar.gz"),
                  str(tmp_path / "cifar-10-batches-bin"), str(tmp_path / "cifar-10-binary.tar.gz"),
                  os.path.join(str(tmp_path), "cifar10", "<version>"), "data_batch_1"):
         assert text in message
-    with pytest.raises(FileNotFoundError, match="cifar-100-python.tar.gz"):
+    with pytest.raises(DataError, match="cifar-100-python.tar.gz"):
         get_source("cifar100", str(tmp_path))
 
 
 def test_a_missing_batch_is_named(tmp_path):
     fx.write_cifar10_python(tmp_path, NUM_TRAIN, NUM_TEST, SEED)
     os.remove(tmp_path / "cifar-10-batches-py" / "data_batch_4")
-    with pytest.raises(FileNotFoundError, match="data_batch_4"):
+    with pytest.raises(DataError, match="data_batch_4"):
         get_source("cifar10", str(tmp_path))
 
 
@@ -114,7 +121,7 @@ def truncate(path, keep=0.45):
 def test_a_truncated_file_is_named(tmp_path, kind, damaged, expected):
     write_cifar10(kind, tmp_path)
     truncate(tmp_path / damaged)
-    with pytest.raises(ValueError, match=expected):
+    with pytest.raises(DataError, match=expected):
         get_source("cifar10", str(tmp_path))
 
 
@@ -122,15 +129,43 @@ def test_a_batch_of_the_wrong_shape_is_named(tmp_path):
     fx.write_cifar10_python(tmp_path, NUM_TRAIN, NUM_TEST, SEED)
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
         pickle.dump({b"data": np.zeros((10, 1024), np.uint8), b"labels": [0] * 10}, f)
-    with pytest.raises(ValueError, match=r"test_batch.*\(10, 1024\).*3072"):
+    with pytest.raises(DataError, match=r"test_batch.*\(10, 1024\).*3072"):
         get_source("cifar10", str(tmp_path))
 
 
 def test_unknown_names_and_options_are_refused():
-    with pytest.raises(ValueError, match="cifar10, cifar100, svhn, imagenet, fake-imagenet"):
+    with pytest.raises(DataError, match="cifar10, cifar100, svhn, imagenet, fake-imagenet"):
         get_source("mnist")
-    with pytest.raises(ValueError, match="use_extra"):
+    with pytest.raises(DataError, match="use_extr;.*use_extra, holdout"):
         get_source("svhn", "/nonexistent", use_extr=False)
+    with pytest.raises(ValueError):  # DataError is a ValueError, for callers that catch those
+        get_source("cifar10", "/nonexistent", num_eval=5)
+
+
+# --- the registry ------------------------------------------------------------------------
+
+def test_each_dataset_has_one_family_and_the_source_carries_it(tmp_path):
+    from epsilon_resnet import data, networks
+
+    assert {name: data.family_of(name) for name in data.DATASETS} == {
+        "cifar10": "cifar", "cifar100": "cifar", "svhn": "cifar", "imagenet": "imagenet", "fake-imagenet": "imagenet"}
+    assert set(data.family_of(name) for name in data.DATASETS) <= set(networks.FAMILIES)
+    with pytest.raises(DataError, match="'mnist'.*cifar10, cifar100, svhn, imagenet, fake-imagenet"):
+        data.family_of("mnist")
+    fx.write_cifar10_python(tmp_path, NUM_TRAIN, NUM_TEST, SEED)
+    assert get_source("cifar10", str(tmp_path)).family == "cifar"
+    assert get_source("fake-imagenet", num_train=4).family == "imagenet"
+
+
+def test_importing_the_package_does_not_import_tensorflow():
+    # The command lines import it before --gpu sets CUDA_VISIBLE_DEVICES, read at TF's import.
+    code = ("import sys\nimport epsilon_resnet.data as data\n"
+            "assert data.family_of('svhn') == 'cifar'\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]"
 
 
 # --- the training pipeline, on the tiny CIFAR-10 -----------------------------------------
@@ -242,3 +277,81 @@ def test_sample_script_writes_a_balanced_official_layout(tmp_path):
     for image, label in zip(images, labels):  # every sampled image is a real one, with its own label
         hit = np.flatnonzero((full_test[0] == image).all(axis=(1, 2, 3)))
         assert hit.size == 1 and full_test[1][hit[0]] == label
+
+
+# --- the held-out validation split --------------------------------------------------------
+
+def smallest_hashes(images, count):
+    """Positions of the `count` images whose BLAKE2b-64 pixel hash is smallest (the documented rule)."""
+    keys = [int.from_bytes(hashlib.blake2b(image.tobytes(), digest_size=8).digest(), "big") for image in images]
+    return sorted(sorted(range(len(images)), key=keys.__getitem__)[:count])
+
+
+def test_holdout_evaluates_on_fixed_training_images_and_trains_on_the_rest(tmp_path):
+    fx.write_cifar10_python(tmp_path, NUM_TRAIN, NUM_TEST, SEED)
+    (train_images, train_labels), _ = fx.cifar_splits(NUM_TRAIN, NUM_TEST, 10, SEED)
+    held = smallest_hashes(train_images, 8)
+    kept = [i for i in range(NUM_TRAIN) if i not in held]
+    source = get_source("cifar10", str(tmp_path), holdout=8)
+    assert (source.num_train, source.num_eval, source.family) == (22, 8, "cifar")
+    images, labels, _ = eval_arrays(source)
+    np.testing.assert_array_equal(images, train_images[held])
+    np.testing.assert_array_equal(labels, train_labels[held])
+    np.testing.assert_allclose(source.pixel_mean, train_images[kept].astype(np.float64).mean(axis=0), rtol=1e-6)
+    one_epoch = np.concatenate([images for images, _ in first_batches(source.train_dataset(11, seed=3), 2)])
+    assert sorted(identify(image, train_images)[0] for image in one_epoch) == kept
+    again = get_source("cifar10", str(tmp_path), holdout=8)  # the same split every time: no seed involved
+    np.testing.assert_array_equal(eval_arrays(again)[0], images)
+
+
+@pytest.mark.parametrize("kind", ["binary-folder", "python-tarball"])
+def test_holdout_picks_the_same_images_from_every_file_form(tmp_path, kind):
+    python = get_source("cifar10", write_cifar10("python-folder", tmp_path / "python"), holdout=8)
+    other = get_source("cifar10", write_cifar10(kind, tmp_path / "other"), holdout=8)
+    np.testing.assert_array_equal(eval_arrays(python)[0], eval_arrays(other)[0])
+    np.testing.assert_array_equal(python.pixel_mean, other.pixel_mean)
+
+
+def test_holdout_for_cifar100_and_through_a_config(tmp_path):
+    fx.write_cifar100_python(tmp_path, 200, 100, SEED)
+    (train_images, train_labels), _ = fx.cifar_splits(200, 100, 100, SEED)
+    source = get_source("cifar100", str(tmp_path), holdout=50)
+    held = smallest_hashes(train_images, 50)
+    assert (source.num_train, source.num_eval) == (150, 50)
+    np.testing.assert_array_equal(eval_arrays(source)[1], train_labels[held])
+    from epsilon_resnet import config as config_lib
+
+    config = config_lib.from_dict({"data": {"name": "cifar100", "dir": str(tmp_path), "options": {"holdout": 50}}})
+    source = get_source(config.data.name, config.data.dir, **config.data.options)
+    assert (source.num_train, source.num_eval) == (150, 50)
+
+
+@pytest.mark.parametrize("holdout, expected", [
+    (NUM_TRAIN, r"holdout=30 must lie in 0\.\.29.*30 training images"),
+    (-1, r"holdout=-1 must lie in 0\.\.29"),
+    (2.5, "holdout=2.5 must be a whole number"),
+    ("5000", "holdout='5000' must be a whole number"),
+])
+def test_a_bad_holdout_is_refused_with_what_is_allowed(tmp_path, holdout, expected):
+    fx.write_cifar10_python(tmp_path, NUM_TRAIN, NUM_TEST, SEED)
+    with pytest.raises(DataError, match=expected):
+        get_source("cifar10", str(tmp_path), holdout=holdout)
+
+
+# --- crop offsets ------------------------------------------------------------------------
+
+def position_coded(size):
+    """A size x size image whose pixel (y, x) holds (y, x, 0): a crop's first pixel is its offset."""
+    ys, xs = np.mgrid[:size, :size]
+    return tf.constant(np.stack([ys, xs, np.zeros_like(ys)], -1).astype(np.float32))
+
+
+def test_crop_offsets_are_tensorpacks_randint_0_to_7_never_8():
+    image = position_coded(40)
+    corners = tf.data.Dataset.range(3000).map(
+        lambda s: augment.random_crop(image, tf.stack([s, tf.constant(11, tf.int64)]), size=32)[0, 0, :2])
+    offsets = np.concatenate(list(corners.batch(3000).as_numpy_iterator())).astype(int)
+    assert {tuple(o) for o in offsets} == {(top, left) for top in range(8) for left in range(8)}
+    assert [getattr(op, "func", op).__name__ for op in augment.CIFAR_TRAIN] == ["pad_centered", "random_crop",
+                                                                              "random_flip"]
+    np.testing.assert_array_equal(augment.random_crop(image, tf.constant([1, 2], tf.int64), size=40), image)

@@ -6,12 +6,14 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import data_fixtures as fx
 from epsilon_resnet.data import augment, get_source
+from epsilon_resnet.errors import DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32
@@ -44,18 +46,17 @@ def imagenet_dir(tmp_path_factory):
 
 
 def reference_eval(path, size):
-    """Resize the shorter side to round(size * 256 / 224) (bicubic), take the central crop."""
+    """The original's validation input, with OpenCV as it ran it: ResizeShortestEdge(256)
+    (shorter side to 256/224 of the crop size, the other to int(scale * side), INTER_LINEAR),
+    then CenterCrop (offsets int((side - size) / 2))."""
     with open(path, "rb") as f:
         image = tf.io.decode_image(f.read(), channels=3).numpy().astype(np.float32)
     height, width = image.shape[:2]
-    short = round(size * 256 / 224)
-    if height < width:
-        new_h, new_w = short, int(width * short / height + 0.5)
-    else:
-        new_h, new_w = int(height * short / width + 0.5), short
-    resized = tf.image.resize(image, [new_h, new_w], method="bicubic").numpy()
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return np.clip(resized[top:top + size, left:left + size], 0, 255)
+    scale = round(size * 256 / 224) / min(height, width)
+    new_h, new_w = int(scale * height), int(scale * width)
+    resized = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    top, left = int((new_h - size) / 2), int((new_w - size) / 2)
+    return resized[top:top + size, left:left + size]
 
 
 def test_folder_lists_classes_from_sorted_train_wnids(imagenet_dir):
@@ -75,7 +76,7 @@ def test_eval_skips_the_broken_file_and_matches_resize_then_centre_crop(imagenet
     good = [f for f in FILES if f[0] == "val" and f[4] != "broken"]
     np.testing.assert_array_equal(labels, [int(wnid[-1]) - 1 for _, wnid, *_ in good])
     for image, (split, wnid, name, *_) in zip(images, good):
-        np.testing.assert_allclose(image, reference_eval(os.path.join(imagenet_dir, split, wnid, name), SIZE), atol=1e-3)
+        np.testing.assert_allclose(image, reference_eval(os.path.join(imagenet_dir, split, wnid, name), SIZE), atol=0.01)
     again = np.concatenate([x.numpy() for x, _ in source.eval_dataset(3)])
     np.testing.assert_array_equal(images, again)
 
@@ -118,16 +119,18 @@ def test_cmyk_and_grayscale_jpegs_decode_to_rgb(tmp_path):
 
 
 def test_folder_errors_are_clear(tmp_path):
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(DataError) as error:
         get_source("imagenet", str(tmp_path))
     for text in (str(tmp_path / "train"), str(tmp_path / "val"), "n01440764", "imagenet2012"):
         assert text in str(error.value)
     fx.write_image(str(tmp_path / "train" / "n1" / "a.JPEG"), fx.smooth_image(20, 20, 0))
-    with pytest.raises(FileNotFoundError, match="val"):
+    with pytest.raises(DataError, match="val"):
         get_source("imagenet", str(tmp_path))
     fx.write_image(str(tmp_path / "val" / "n9" / "a.JPEG"), fx.smooth_image(20, 20, 0))
-    with pytest.raises(ValueError, match="n9"):
+    with pytest.raises(DataError, match="n9"):
         get_source("imagenet", str(tmp_path))
+    with pytest.raises(DataError, match="image_size=0 must be a whole number >= 1"):
+        get_source("imagenet", str(tmp_path), image_size=0)
 
 
 def test_from_a_folder_tensorflow_datasets_prepared(tmp_path):
@@ -162,7 +165,8 @@ def test_train_recipe_order():
     assert names == ["random_resized_crop", "in_random_order", "clip_pixels", "random_flip"]
     colour = [op.func.__name__ for op in augment.imagenet_train(224)[1].keywords["ops"]]
     assert colour == ["random_brightness", "random_contrast", "random_saturation", "pca_lighting"]
-    assert [op.keywords["size"] for op in augment.imagenet_eval(224)[:2]] == [256, 224]
+    assert [(op.func.__name__, op.keywords["size"]) for op in augment.imagenet_eval(224)] == [
+        ("resize_shorter", 256), ("center_crop", 224)]
 
 
 def test_random_resized_crop_shapes_and_seeding():
@@ -176,21 +180,50 @@ def test_random_resized_crop_shapes_and_seeding():
     assert not np.array_equal(same[0], other)
 
 
+def bicubic(image, size):
+    """The resize the crops use (cv2's INTER_CUBIC of uint8 images saturates: clip)."""
+    return np.clip(tf.image.resize(image, [size, size], method="bicubic").numpy(), 0, 255)
+
+
 def test_random_resized_crop_of_the_whole_area_is_a_plain_resize():
     image = photo(48, 48)
     out = augment.random_resized_crop(image, SEED, size=SIZE, area_range=(1.0, 1.0), aspect_range=(1.0, 1.0))
-    np.testing.assert_allclose(out, tf.image.resize(image, [SIZE, SIZE], method="bicubic"), atol=1e-3)
+    np.testing.assert_allclose(out, bicubic(image, SIZE), atol=1e-3)
 
 
-def test_random_resized_crop_falls_back_to_resize_and_centre_crop():
+def test_when_no_box_fits_the_whole_image_is_resized_to_a_square():
     image = photo(40, 70)
-    out = augment.random_resized_crop(image, SEED, size=SIZE, area_range=(1.5, 2.0))  # never fits
-    expected = augment.center_crop(augment.resize_shorter(image, size=SIZE), size=SIZE)
-    np.testing.assert_allclose(out, expected, atol=1e-4)
-    assert augment.resize_shorter(image, size=SIZE).shape[:2] == (SIZE, 56)  # 70 * 32 / 40
+    out = augment.random_resized_crop(image, SEED, size=SIZE, area_range=(1.5, 2.0))  # never fits in 10 tries
+    np.testing.assert_allclose(out, bicubic(image, SIZE), atol=1e-3)  # all of it, squeezed: no centre crop
 
 
-def test_colour_ops_do_what_the_spec_says():
+def position_coded(height, width):
+    """An image whose pixel (y, x) holds (y, x, 0): a crop's corner pixels give its box."""
+    ys, xs = np.mgrid[:height, :width]
+    return tf.constant(np.stack([ys, xs, np.zeros_like(ys)], -1).astype(np.float32))
+
+
+def test_crop_boxes_have_truncated_sides_and_randint_offsets():
+    # Area 0.525625 of 12 x 12 at aspect 1 is a box of side sqrt(75.69) = 8.7: truncated to 8,
+    # so resizing to 8 x 8 keeps the pixels; offsets are randint(12 - 8): 0..3, never 4.
+    image = position_coded(12, 12)
+    crops = tf.data.Dataset.range(2000).map(lambda s: augment.random_resized_crop(
+        image, tf.stack([s, tf.constant(5, tf.int64)]), size=8, area_range=(0.525625, 0.525625),
+        aspect_range=(1.0, 1.0)))
+    crops = np.concatenate(list(crops.batch(2000).as_numpy_iterator()))
+    np.testing.assert_allclose(crops[:, 7, 7, :2] - crops[:, 0, 0, :2], 7, atol=1e-4)  # 8 x 8 boxes, unscaled
+    offsets = {tuple(corner) for corner in np.rint(crops[:, 0, 0, :2]).astype(int)}
+    assert offsets == {(top, left) for top in range(4) for left in range(4)}
+
+
+def test_validation_resize_truncates_the_longer_side():
+    image = photo(40, 70)
+    assert augment.resize_shorter(image, size=SIZE).shape[:2] == (SIZE, 56)  # int(70 * 32 / 40) = 56
+    assert augment.resize_shorter(photo(45, 70), size=SIZE).shape[:2] == (SIZE, 49)  # int(49.78): 49, not 50
+    assert augment.resize_shorter(photo(70, 45), size=SIZE).shape[:2] == (49, SIZE)
+
+
+def test_brightness_and_saturation_follow_their_formulas():
     image = photo(8, 8)
     shift = augment.random_brightness(image, SEED, delta=30.0) - image
     assert np.allclose(shift, shift[0, 0, 0], atol=1e-3) and abs(float(shift[0, 0, 0])) <= 30
@@ -201,10 +234,19 @@ def test_colour_ops_do_what_the_spec_says():
     alpha = np.sum((saturated - luma) * (image.numpy() - luma)) / np.sum((image.numpy() - luma) ** 2)
     assert 0.6 <= alpha <= 1.4
     np.testing.assert_allclose(saturated, image.numpy() * alpha + luma * (1 - alpha), atol=1e-2)
-    lit = (augment.pca_lighting(image, SEED, std=0.1) - image).numpy()
-    assert np.allclose(lit, lit[0, 0], atol=1e-3)  # one colour shift for the whole image ...
-    alphas = np.linalg.solve(augment.IMAGENET_EIGVEC, lit[0, 0] / 255) / augment.IMAGENET_EIGVAL
-    assert np.all(np.abs(alphas) < 0.6) and np.any(alphas != 0)  # ... along the principal components
+
+
+def test_lighting_noise_is_at_the_originals_scale_of_hundredths_of_a_grey_level():
+    image = tf.zeros((4, 4, 3))  # the op adds without clipping: its output is the shift itself
+    shifts = tf.data.Dataset.range(4000).map(lambda s: augment.pca_lighting(
+        image, tf.stack([s, tf.constant(8, tf.int64)]), std=0.1))
+    shifts = np.concatenate(list(shifts.batch(4000).as_numpy_iterator())).astype(np.float64)
+    np.testing.assert_array_equal(shifts, np.broadcast_to(shifts[:, :1, :1], shifts.shape))  # one shift per image ...
+    alphas = np.linalg.solve(augment.IMAGENET_EIGVEC, shifts[:, 0, 0].T).T / augment.IMAGENET_EIGVAL
+    assert abs(alphas.std() - 0.1) < 0.005 and abs(alphas.mean()) < 0.005  # ... of eigvec·(N(0, 0.1)·eigval)
+    expected_rms = 0.1 * np.sqrt(np.mean(np.sum((augment.IMAGENET_EIGVEC * augment.IMAGENET_EIGVAL) ** 2, axis=1)))
+    assert np.sqrt(np.mean(shifts[:, 0, 0] ** 2)) == pytest.approx(expected_rms, rel=0.05)
+    assert 0.01 < expected_rms < 0.02 and np.abs(shifts).max() < 0.1  # in 0..255 pixels: not ×255
 
 
 def test_in_random_order_applies_each_op_once_in_both_orders():
@@ -215,6 +257,16 @@ def test_in_random_order_applies_each_op_once_in_both_orders():
 
 
 # --- fake ImageNet -----------------------------------------------------------------------
+
+def test_fake_imagenet_evaluates_512_images_unless_told_otherwise():
+    source = get_source("fake-imagenet")
+    assert (source.num_train, source.num_eval, source.image_shape, source.family) == (
+        1281167, 512, (224, 224, 3), "imagenet")
+    assert get_source("fake-imagenet", num_eval=50000).num_eval == 50000
+    assert [len(y) for _, y in get_source("fake-imagenet", image_size=8).eval_dataset(200)] == [200, 200, 112]
+    with pytest.raises(DataError, match="num_eval=0 must be a whole number >= 1"):
+        get_source("fake-imagenet", num_eval=0)
+
 
 def test_fake_imagenet_is_shaped_like_imagenet_and_seeded():
     source = get_source("fake-imagenet", image_size=16, num_classes=5, num_train=20, num_eval=7)
@@ -228,4 +280,3 @@ def test_fake_imagenet_is_shaped_like_imagenet_and_seeded():
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(runs[0], runs[1]))
     assert not all(np.array_equal(a[0], c[0]) for a, c in zip(runs[0], runs[2]))
     assert [len(y) for _, y in source.eval_dataset(4)] == [4, 3]
-    assert get_source("fake-imagenet").image_shape == (224, 224, 3)

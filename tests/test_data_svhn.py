@@ -1,4 +1,6 @@
-"""SVHN loading (.mat files and tfds) and its augmentation, including the Gaussian deformation."""
+"""SVHN loading (.mat files and tfds), its held-out split, and its augmentation, including the
+Gaussian deformation and tensorpack's clipping brightness and contrast."""
+import hashlib
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -10,6 +12,7 @@ import tensorflow as tf
 
 import data_fixtures as fx
 from epsilon_resnet.data import augment, get_source
+from epsilon_resnet.errors import DataError
 
 SIZES = {"train": 20, "extra": 12, "test": 8}
 
@@ -54,12 +57,14 @@ def test_use_extra_false_trains_on_train_only(svhn_dir, tmp_path):
     for split in ("train", "test"):  # and extra_32x32.mat is then not needed at all
         fx.write_svhn_mat(str(tmp_path / f"{split}_32x32.mat"), *split_arrays(split))
     assert get_source("svhn", str(tmp_path), use_extra=False).num_train == SIZES["train"]
+    with pytest.raises(DataError, match="use_extra='no' must be true .* or false"):
+        get_source("svhn", str(tmp_path), use_extra="no")
 
 
 def test_missing_extra_says_what_to_put_or_pass(tmp_path):
     for split in ("train", "test"):
         fx.write_svhn_mat(str(tmp_path / f"{split}_32x32.mat"), *split_arrays(split))
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(DataError) as error:
         get_source("svhn", str(tmp_path))
     for text in (str(tmp_path / "extra_32x32.mat"), "use_extra=False", "svhn_cropped"):
         assert text in str(error.value)
@@ -70,12 +75,28 @@ def test_a_malformed_mat_file_is_named(tmp_path):
         fx.write_svhn_mat(str(tmp_path / f"{split}_32x32.mat"), *split_arrays(split))
     images, labels = split_arrays("test")
     fx.write_svhn_mat(str(tmp_path / "test_32x32.mat"), images[:, :28], labels)
-    with pytest.raises(ValueError, match=r"test_32x32.mat.*32 x 32 x 3 x N"):
+    with pytest.raises(DataError, match=r"test_32x32.mat.*32 x 32 x 3 x N"):
         get_source("svhn", str(tmp_path))
     with open(tmp_path / "train_32x32.mat", "r+b") as f:
         f.truncate(300)
-    with pytest.raises(ValueError, match="train_32x32.mat.*cannot read"):
+    with pytest.raises(DataError, match="train_32x32.mat.*cannot read"):
         get_source("svhn", str(tmp_path))
+
+
+def test_holdout_takes_fixed_images_from_train_plus_extra(svhn_dir):
+    train = [np.concatenate(parts) for parts in zip(split_arrays("train"), split_arrays("extra"))]
+    keys = [int.from_bytes(hashlib.blake2b(image.tobytes(), digest_size=8).digest(), "big") for image in train[0]]
+    held = sorted(sorted(range(len(keys)), key=keys.__getitem__)[:10])
+    kept = [i for i in range(len(keys)) if i not in held]
+    assert any(i >= SIZES["train"] for i in held), "this fixture's split should reach into extra"
+    source = get_source("svhn", svhn_dir, holdout=10)
+    assert (source.num_train, source.num_eval) == (len(kept), 10)
+    images, labels = eval_arrays(source)
+    np.testing.assert_array_equal(images, train[0][held])
+    np.testing.assert_array_equal(labels, train[1][held])
+    np.testing.assert_allclose(source.pixel_mean, train[0][kept].astype(np.float64).mean(axis=0), rtol=1e-6)
+    with pytest.raises(DataError, match=r"holdout=20 must lie in 0\.\.19.*20 training images"):
+        get_source("svhn", svhn_dir, use_extra=False, holdout=20)
 
 
 def test_from_a_folder_tensorflow_datasets_prepared(svhn_dir, tmp_path):
@@ -130,7 +151,7 @@ def test_deformation_samples_bilinearly_at_the_displaced_clamped_grid():
 
 
 def test_svhn_recipe_order_and_output():
-    names = [getattr(op, "func", op).__name__ for op in augment.SVHN_TRAIN]
+    names = [getattr(op, "func", op).__name__ for op in augment.SVHN_TRAIN]  # the original's, in its order
     assert names == ["pad_centered", "random_brightness", "random_contrast", "gaussian_deform", "clip_pixels",
                      "random_crop"]
     image = tf.constant(random_image(3, 32))
@@ -140,9 +161,33 @@ def test_svhn_recipe_order_and_output():
 
 
 def test_contrast_scales_about_each_channels_own_mean():
-    image = tf.constant(random_image(4, 8))
+    image = tf.constant(np.random.default_rng(4).uniform(60, 190, (8, 8, 3)).astype(np.float32))  # never clipped
     out = augment.random_contrast(image, tf.constant([1, 2], tf.int64), lower=0.8, upper=1.2).numpy()
     centred = image.numpy() - image.numpy().mean(axis=(0, 1))
     factor = np.sum((out - image.numpy().mean(axis=(0, 1))) * centred) / np.sum(centred ** 2)
     assert 0.8 <= factor <= 1.2 and factor != pytest.approx(1.0)
     np.testing.assert_allclose(out, centred * factor + image.numpy().mean(axis=(0, 1)), atol=1e-3)
+
+
+def extremes(seed):
+    """An image with pixels at 0, 255 and in between, so that any shift or stretch clips some."""
+    return np.random.default_rng(seed).choice([0.0, 3.0, 128.0, 252.0, 255.0], (8, 8, 3)).astype(np.float32)
+
+
+def test_brightness_and_contrast_clip_to_0_255_as_tensorpack_does():
+    clipped = 0
+    for s in range(10):
+        image, seed = extremes(s), tf.constant([s, 9], tf.int64)
+        y, x, c = np.argwhere(image == 128)[0]  # a mid-grey pixel is never clipped: it shows the draw
+        bright = augment.random_brightness(tf.constant(image), seed, delta=10.0).numpy()
+        shift = bright[y, x, c] - 128
+        assert 0 < abs(shift) <= 10
+        np.testing.assert_allclose(bright, np.clip(image + shift, 0, 255), atol=1e-4)
+        stretched = augment.random_contrast(tf.constant(image), seed, lower=0.8, upper=1.2).numpy()
+        mean = image.mean(axis=(0, 1))
+        factor = (stretched[y, x, c] - mean[c]) / (128 - mean[c])
+        assert 0.8 <= factor <= 1.2
+        unclipped = (image - mean) * factor + mean
+        np.testing.assert_allclose(stretched, np.clip(unclipped, 0, 255), atol=1e-3)
+        clipped += np.any((unclipped < 0) | (unclipped > 255))
+    assert clipped > 0, "some contrast draws must need the clip, or this test shows nothing"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,6 +17,7 @@ import tensorflow as tf
 from epsilon_resnet import callbacks as cbs
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import training
+from epsilon_resnet.errors import Interrupted
 from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.cli import cifar_main
 from cli_helpers import exit_code, write_tiny_config
@@ -32,15 +34,15 @@ def checkpoint_indexes(run_dir):
 def restored(config_path, run_dir, prefix):
     """A Trainer holding the checkpoint `prefix` (which must load)."""
     trainer = training.Trainer(config_lib.load(config_path), run_dir)
-    trainer.restore(prefix)
+    trainer.resume(prefix)
     return trainer
 
 
 def test_non_finite_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
         tmp_path, monkeypatch, capsys, tiny_cifar):
     monkeypatch.chdir(tmp_path)
-    # Epoch 2's learning rate blows the weights up: the loss is no longer finite a step later.
-    config = write_tiny_config(str(tmp_path), tiny_cifar, max_epoch=3, lr_schedule=[[0, 0.1], [2, 1e30]],
+    # Epoch 2's learning rate (the point after epoch 1) blows the weights up: the loss is no longer finite a step later.
+    config = write_tiny_config(str(tmp_path), tiny_cifar, max_epoch=3, lr_schedule=[[0, 0.1], [1, 1e30]],
                           lr_restart_schedule=None)
     assert run("--config", config, "-o", "nan") == 1
     err = capsys.readouterr().err
@@ -175,3 +177,29 @@ def test_sigterm_saves_the_current_step_and_kill_9_leaves_a_loadable_latest_chec
     assert run("--config", config, "-o", "k", "--resume", "--max-epoch", str(epochs + 1)) == 0
     assert [r["epoch"] for r in read_metrics(run_dir)] == list(range(1, epochs + 2))
     assert latest_step(run_dir) == 3 * (epochs + 1)
+
+
+class SignalAfterStep(keras.callbacks.Callback):
+    """Sends this process a signal once the given global step is done (here: an epoch's last)."""
+
+    def __init__(self, step, signum):
+        super().__init__()
+        self.step, self.signum = step, signum
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+def test_sigterm_during_evaluation_stops_at_once_and_the_run_resumes_into_that_evaluation(tmp_path, tiny_cifar):
+    config = config_lib.load(write_tiny_config(str(tmp_path), tiny_cifar, max_epoch=2))
+    run_dir = str(tmp_path / "run")
+    # The signal lands after epoch 1's last training step, so the run is evaluating when it acts.
+    with pytest.raises(Interrupted, match=r"stopped by SIGTERM at global step 3 \(the evaluation after epoch 1\) "
+                                          r"after saving .*model-3"):
+        training.train_and_evaluate(config, run_dir, progress=False,
+                                    extra_callbacks=[SignalAfterStep(3, signal.SIGTERM)])
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))  # epoch 1 never ended
+    training.train_and_evaluate(config, run_dir, progress=False)
+    assert [(r["epoch"], r["global_step"]) for r in read_metrics(run_dir)] == [(1, 3), (2, 6)]

@@ -1,11 +1,11 @@
-"""The ImageNet pre-activation ResNets (SPEC §2-3): every depth, parameter counts against the
-published ResNets, the corrected basic-block shortcut, the side head's position, NCHW."""
+"""The ImageNet pre-activation ResNets (docs/original.md §2-3): every depth, parameter counts
+against the published ResNets, the corrected basic-block shortcut, the side head's position, NCHW."""
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from epsilon_resnet.gate import gates_of
+from epsilon_resnet.gate import epsilon_of, gates_of
 from epsilon_resnet.networks import build_resnet, cifar_structure, imagenet_structure, side_position
 
 # Written out from the ResNet paper (He et al. 2016, Table 1), not read from networks.py.
@@ -16,10 +16,10 @@ WIDTHS = (64, 128, 256, 512)
 # widely published counts of the original (post-activation) ResNets. They count conv kernels
 # (no biases), batch-norm γ and β (running statistics are buffers) and the classifier.
 TORCHVISION_PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160, 152: 60_192_808}
-# SIDE_POSITION = Σdefs//2 − (defs[0]+defs[1]) − 1, tapped after block SIDE_POSITION + 1 of group2:
-# 18: 8//2-4-1 = -1 → block0; 34/50: 16//2-7-1 = 0 → block1; 101: 33//2-7-1 = 8 → block9;
-# 152: 50//2-11-1 = 13 → block14.
-SIDE_BLOCK = {18: 0, 34: 1, 50: 1, 101: 9, 152: 14}
+# The side head taps group2/block{P}, P = Σdefs//2 − (defs[0]+defs[1]) − 1 (Python integer division):
+# 101: 33//2 - 7 - 1 = 8; 152: 50//2 - 11 - 1 = 13; 34/50: 16//2 - 7 - 1 = 0. For ResNet-18,
+# 8//2 - 4 - 1 = -1 (the original crashed): the project's choice, group2/block0.
+SIDE_BLOCK = {18: 0, 34: 0, 50: 0, 101: 8, 152: 13}
 
 
 def torchvision_bn_widths(depth):
@@ -67,7 +67,7 @@ def test_every_depth_builds_with_the_published_parameter_count_and_side_head(dep
     plain = build_resnet(imagenet_structure(depth), 1000, gated=False, side_output=False)
     assert plain.count_params() - sum(int(np.prod(w.shape)) for w in plain.non_trainable_weights) \
         == expected_params(depth)
-    assert not gates_of(plain) and plain.epsilon is None
+    assert not gates_of(plain) and epsilon_of(plain) is None
 
     gated = build_resnet(imagenet_structure(depth), 1000, epsilon=2.0)
     # The gate adds no trainable weight: the same trainable tensors once the side head is left out.
@@ -76,10 +76,10 @@ def test_every_depth_builds_with_the_published_parameter_count_and_side_head(dep
     assert len(gates_of(gated)) == blocks
     assert [g.block for g in gates_of(gated)] == [f"group{g}/block{k}" for g, count in enumerate(BLOCKS[depth][1])
                                                   for k in range(count)]
-    assert float(gated.epsilon.numpy()) == 2.0
+    assert epsilon_of(gated) == 2.0
 
     assert side_position(imagenet_structure(depth)) == (2, SIDE_BLOCK[depth])
-    assert gated.get_layer("side_bn").input is gated.get_layer(f"group2_block{SIDE_BLOCK[depth]}_add").output
+    assert gated.get_layer("side_bn").input is gated.get_layer(f"group2_block{SIDE_BLOCK[depth]}_gate").output
 
 
 @pytest.mark.parametrize("depth", [18, 34])
@@ -116,8 +116,9 @@ def cpu_runs_nchw_convolutions():
                                                     (cifar_structure(1), (32, 32, 3))],
                          ids=["imagenet18", "cifar_n1"])
 def test_channels_first_computes_what_channels_last_computes(structure, image_shape):
-    nhwc = build_resnet(structure, 10, epsilon=0.05, image_shape=image_shape)
-    nchw = build_resnet(structure, 10, epsilon=0.05, image_shape=image_shape, data_format="channels_first")
+    build = dict(epsilon=0.05, image_shape=image_shape, pixel_mean=127.5, pixel_scale=1 / 64)
+    nhwc = build_resnet(structure, 10, **build)
+    nchw = build_resnet(structure, 10, data_format="channels_first", **build)
     assert nchw.input.shape[1:] == image_shape  # the images stay NHWC; the network transposes them
     assert nchw.get_layer("to_channels_first").output.shape[1] == 3
     assert all(l.axis in (1, [1]) for l in nchw.layers if isinstance(l, keras.layers.BatchNormalization))
@@ -126,13 +127,16 @@ def test_channels_first_computes_what_channels_last_computes(structure, image_sh
     if not cpu_runs_nchw_convolutions():
         pytest.skip("this TensorFlow's CPU convolutions reject NCHW (no oneDNN)")
     rng = np.random.default_rng(0)
-    for layer in nhwc.layers:  # random BN statistics too, so a wrong channel axis would show
-        weights = [rng.uniform(0.5, 1.5, w.shape).astype(np.float32) for w in layer.get_weights()]
-        layer.set_weights(weights)
-        nchw.get_layer(layer.name).set_weights(weights)
+    for layer in nhwc.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):  # per-channel statistics expose a wrong axis
+            width = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, width), rng.uniform(-0.2, 0.2, width),
+                               rng.uniform(-0.2, 0.2, width), rng.uniform(0.5, 1.5, width)])
+        nchw.get_layer(layer.name).set_weights(layer.get_weights())  # He-initialised kernels keep logits finite
     images = rng.uniform(0, 255, (2, *image_shape)).astype(np.float32)
     expected, got = nhwc(images, training=False), nchw(images, training=False)
     for key in ("logits", "side_logits"):
+        assert np.isfinite(expected[key]).all() and np.ptp(expected[key].numpy()) > 1e-3  # something to compare
         np.testing.assert_allclose(got[key], expected[key], rtol=1e-4, atol=1e-4 * np.abs(expected[key]).max())
 
 

@@ -1,10 +1,17 @@
-"""The CIFAR pre-activation ResNet (SPEC §3): structure, names, exact parameter counts."""
+"""The CIFAR pre-activation ResNet (docs/original.md §2-3): structure, names, exact parameter
+counts, the parts map compression copies weights by, building from a config."""
+import types
+
 import keras
 import numpy as np
 import pytest
 
+from epsilon_resnet import gate
+from epsilon_resnet.config import ModelConfig
+from epsilon_resnet.errors import ConfigError
 from epsilon_resnet.gate import gates_of
-from epsilon_resnet.networks import Structure, build_resnet, cifar_structure, side_position
+from epsilon_resnet.networks import (Structure, build_from_config, build_resnet, cifar_structure, imagenet_structure,
+                                     network_parts, side_position, structure_for)
 
 
 def expected_trainable_params(n, num_classes, side):
@@ -46,11 +53,12 @@ def test_depth_block_names_and_gates():
     assert model.get_layer("res2.0_conv1").strides == (2, 2)
 
 
-def test_side_head_taps_the_middle_block():
-    assert side_position(cifar_structure(18)) == (1, 9)  # res2.9
-    model = build_resnet(cifar_structure(4), 10)
-    side_input = model.get_layer("side_bn").input
-    assert side_input is model.get_layer("res2.2_add").output
+@pytest.mark.parametrize("gated, merge", [(True, "gate"), (False, "add")])
+def test_side_head_taps_the_middle_block(gated, merge):
+    assert side_position(cifar_structure(18)) == (1, 9)  # res2.9: n // 2 = 9
+    assert side_position(cifar_structure(5)) == (1, 2)
+    model = build_resnet(cifar_structure(4), 10, gated=gated)
+    assert model.get_layer("side_bn").input is model.get_layer(f"res2.2_{merge}").output
 
 
 def test_outputs_and_shapes():
@@ -62,7 +70,7 @@ def test_outputs_and_shapes():
 
 def test_downsampling_shortcut_is_pool_and_zero_pad():
     """With the residual branch zeroed, res2.0 outputs its shortcut: 2×2 average pool, channels padded 8+8."""
-    model = build_resnet(cifar_structure(1), 10, gated=False, side_output=False)
+    model = build_resnet(cifar_structure(1), 10, gated=False, side_output=False, pixel_scale=1 / 128)
     conv2 = model.get_layer("res2.0_conv2")
     conv2.kernel.assign(np.zeros(conv2.kernel.shape, np.float32))
     probe = keras.Model(model.input, [model.get_layer("res1.0_add").output, model.get_layer("res2.0_add").output])
@@ -87,3 +95,91 @@ def test_pruned_structure_names_and_counts():
     structure = Structure("cifar", (3, 1, 2), (True, False, False))
     assert structure.gated_blocks == 4
     assert structure.block_names() == ["res1.0", "res1.1", "res1.2", "res3.1"]
+
+
+# The layer types of each part, in build order, written out from docs/original.md §3.
+BASIC_BLOCK = ["BatchNormalization", "Conv2D", "BatchNormalization", "Conv2D"]  # preact, conv1 + BN, conv2
+
+
+def layer_types(layers):
+    return [type(layer).__name__ for layer in layers]
+
+
+def test_network_parts_follow_the_structure():
+    structure = Structure("cifar", (3, 1, 2), (True, False, True))
+    model = build_resnet(structure, 10, side_output=False)
+    parts = network_parts(model)
+    units = [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0), (2, 1)]
+    assert sorted(key for key in parts if isinstance(key, tuple)) == units
+    assert layer_types(parts["stem"]) == ["PixelNormalization", "Conv2D", "BatchNormalization"]
+    assert layer_types(parts["head"]) == ["BatchNormalization", "Dense"]
+    assert layer_types(parts[(0, 0)]) == BASIC_BLOCK[1:] + ["StrictIdentity"]  # res1.0: no pre-activation
+    for unit in ((0, 1), (0, 2), (2, 0), (2, 1)):
+        assert layer_types(parts[unit]) == BASIC_BLOCK + ["StrictIdentity"]
+    assert parts[(1, 0)] == []  # a discarded res2.0: average pool and channel padding only
+    # Every layer with weights belongs to exactly one part; the gates in network order.
+    listed = [layer for layers in parts.values() for layer in layers]
+    assert sorted(id(layer) for layer in listed) == sorted(id(layer) for layer in model.layers if layer.weights)
+    assert [layers[-1] for unit, layers in parts.items() if unit in units and layers] == gates_of(model)
+
+
+def test_network_parts_copy_a_block_into_another_position():
+    """Unit k of stage s of one network into unit k' of a pruned one, by the parts map alone."""
+    full = build_resnet(cifar_structure(3), 10, gated=False, side_output=False)
+    pruned = build_resnet(Structure("cifar", (3, 2, 3), (True, True, True)), 10, gated=False, side_output=False)
+    source, target = network_parts(full), network_parts(pruned)
+    for src, dst in zip(source[(1, 2)], target[(1, 1)], strict=True):
+        dst.set_weights(src.get_weights())
+    np.testing.assert_array_equal(pruned.get_layer("res2.1_conv2").kernel.numpy(),
+                                  full.get_layer("res2.2_conv2").kernel.numpy())
+    with pytest.raises(ValueError, match="not built by build_resnet"):
+        network_parts(keras.Sequential([keras.layers.Dense(2)]))
+
+
+def test_imagenet_network_parts_with_a_discarded_first_block():
+    structure = Structure("imagenet", (1, 2, 1, 1), (True, False, True, True), bottleneck=True)
+    parts = network_parts(build_resnet(structure, 10, side_output=False, image_shape=(64, 64, 3)))
+    assert layer_types(parts["stem"]) == ["PixelNormalization", "Conv2D", "BatchNormalization"]
+    # group0/block0 widens 64 -> 256 through a convshortcut; a discarded group1/block0 keeps its
+    # both_preact BN and convshortcut; the others are BN-conv1-BN-conv2-BN-conv3.
+    bottleneck = ["BatchNormalization", "Conv2D"] * 3
+    assert layer_types(parts[(0, 0)]) == ["Conv2D"] + bottleneck[1:] + ["StrictIdentity"]
+    assert layer_types(parts[(1, 0)]) == ["BatchNormalization", "Conv2D"]
+    assert layer_types(parts[(1, 1)]) == bottleneck + ["StrictIdentity"]
+    assert layer_types(parts[(2, 0)]) == ["BatchNormalization", "Conv2D"] + bottleneck[1:] + ["StrictIdentity"]
+
+
+def test_normalisation_is_built_in():
+    """pixel_mean and pixel_scale go into the model: it takes raw pixels and computes (x − mean)·scale."""
+    mean = np.random.default_rng(5).uniform(100, 150, (32, 32, 3)).astype(np.float32)
+    model = build_resnet(cifar_structure(1), 10, pixel_mean=mean, pixel_scale=1 / 128)
+    images = np.random.default_rng(6).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    normalised = keras.Model(model.input, model.get_layer("preprocess").output)(images).numpy()
+    np.testing.assert_allclose(normalised, (images - mean) / 128, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        build_resnet(cifar_structure(1), 10, pixel_mean=np.zeros((16, 16, 3)))
+
+
+def test_build_from_config():
+    source = types.SimpleNamespace(family="cifar", num_classes=100, image_shape=(32, 32, 3),
+                                   pixel_mean=np.full((32, 32, 3), 120.0, np.float32), pixel_scale=np.float32(0.5))
+    config = ModelConfig(n=2, epsilon=1.5, gated=True, side_output=False, gate_ema_decay=0.9)
+    model = build_from_config(config, source)
+    assert len(gates_of(model)) == 6 and gate.epsilon_of(model) == 1.5
+    assert {g.ema_decay for g in gates_of(model)} == {0.9}
+    assert set(model.output) == {"logits"} and model.output["logits"].shape[-1] == 100
+    preprocess = model.get_layer("preprocess")
+    assert float(preprocess.mean.numpy()[3, 4, 1]) == 120.0 and float(preprocess.scale.numpy()) == 0.5
+    plain = build_from_config(ModelConfig(n=1, gated=False), source)
+    assert not gates_of(plain) and "side_logits" in plain.output
+
+
+def test_structure_for_each_family():
+    assert structure_for(ModelConfig(n=3), "cifar") == cifar_structure(3)
+    assert structure_for(ModelConfig(n=None, depth=50), "imagenet") == imagenet_structure(50)
+    with pytest.raises(ConfigError, match="model.depth is required"):
+        structure_for(ModelConfig(n=18), "imagenet")
+    with pytest.raises(ConfigError, match="family must be one of"):
+        structure_for(ModelConfig(n=18), "mnist")
+    with pytest.raises(ConfigError, match="depth must be one of"):
+        structure_for(ModelConfig(depth=42), "imagenet")

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from epsilon_resnet import config as config_lib
-from epsilon_resnet import data, training
+from epsilon_resnet import data, run_folder, training
+from epsilon_resnet.errors import Interrupted
 from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.cli import cifar_main
 from cli_helpers import exit_code, write_tiny_config
@@ -32,11 +33,12 @@ def op_determinism_off_afterwards():
 
 
 def restart_config(data_dir, **train):
-    """ε = 0 in epoch 1 (nothing discarded), then huge: every block closes in epoch 2, discarded_cnt
-    jumps by more than 1, and the learning rate restarts after epoch 2: lr 0.05, 0.05, 0.08, 0.03."""
+    """ε = 0 in epoch 1 (nothing discarded), then huge from epoch 2 (the point after epoch 1): every
+    block closes in epoch 2 (moving-average decay 0: the averages are the last step's values), and
+    the learning rate restarts after epoch 2: lr 0.05, 0.05, 0.08, 0.08 (R's 0.03 would start at 5)."""
     return config_lib.from_dict({
         "data": {"name": "cifar10", "dir": data_dir},
-        "model": {"n": 1, "epsilon": 2.5, "epsilon_schedule": [[1, 0.0], [2, 1000.0]], "gate_ema_decay": 0.5},
+        "model": {"n": 1, "epsilon": 2.5, "epsilon_schedule": [[0, 0.0], [1, 1000.0]], "gate_ema_decay": 0.0},
         "train": {"batch_size": 8, "eval_batch_size": 8, "max_epoch": 4, "steps_per_epoch": STEPS, "seed": 0,
                   "deterministic": True, "keep_checkpoints": 10, "lr_schedule": [[0, 0.05], [3, 0.02]],
                   "lr_restart_schedule": [[0, 0.08], [2, 0.03]], **train}})
@@ -87,18 +89,18 @@ def test_stopped_and_resumed_runs_equal_a_straight_run(tmp_path, tiny_cifar, ctr
     straight = str(tmp_path / "straight")
     training.train_and_evaluate(config, straight, progress=False)
     records = read_metrics(straight)
-    assert [r["learning_rate"] for r in records] == pytest.approx([0.05, 0.05, 0.08, 0.03]), "no lr restart"
+    assert [r["learning_rate"] for r in records] == pytest.approx([0.05, 0.05, 0.08, 0.08]), "no lr restart"
     assert records[1]["discarded_cnt"] >= records[0]["discarded_cnt"] + 1
 
     stopped = str(tmp_path / "stopped")
     training.train_and_evaluate(config_lib.replace(config, **{"train.max_epoch": 1}), stopped, progress=False)
     # Ctrl-C after step 7 reaches the loop with step 8: a checkpoint mid-epoch 3, just after the restart.
-    with pytest.raises(training.Interrupted, match=r"SIGINT at global step 8 \(step 2 of epoch 3\)"):
+    with pytest.raises(Interrupted, match=r"SIGINT at global step 8 \(step 2 of epoch 3\)"):
         training.train_and_evaluate(config, stopped, progress=False, extra_callbacks=[SignalAt(7)])
     assert tf.train.latest_checkpoint(stopped).endswith("model-8")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
     # Stopped on the last step of epoch 4: the resumed run has only that epoch's end to do.
-    with pytest.raises(training.Interrupted, match=r"global step 12 \(step 3 of epoch 4\)"):
+    with pytest.raises(Interrupted, match=r"global step 12 \(step 3 of epoch 4\)"):
         training.train_and_evaluate(config, stopped, resume=True, progress=False, extra_callbacks=[SignalAt(11)])
     training.train_and_evaluate(config, stopped, resume=True, progress=False)
 
@@ -106,9 +108,10 @@ def test_stopped_and_resumed_runs_equal_a_straight_run(tmp_path, tiny_cifar, ctr
     state = [values.pop("state/.ATTRIBUTES/py_state") for values in (expected, got)]
     assert state[0] == state[1]  # lr schedule, last restart, discarded_cnt history, epoch
     assert set(expected) == set(got)
-    for key in expected:
-        np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-7, err_msg=key)
-    assert state[0]["lr"]["last_restart"] == 2 and len(state[0]["lr"]["history"]) == 4
+    for key in expected:  # bit for bit: train.deterministic with a seed
+        np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    # the history holds the count before epoch 1 and at the end of each epoch
+    assert state[0]["lr"]["last_restart"] == 2 and len(state[0]["lr"]["history"]) == 5
     assert_same_records(records, read_metrics(stopped))
     lines = [open(os.path.join(folder, "metrics.jsonl")).read().count("\n") for folder in (straight, stopped)]
     assert lines == [4, 4]  # an interrupted epoch writes its record once, when it ends
@@ -139,16 +142,16 @@ def test_last_k_checkpoints_plus_named_steps_are_kept(tmp_path, monkeypatch, cap
     assert sorted(f for f in os.listdir(run_dir) if f.endswith(".index")) == ["model-12.index", "model-9.index"]
     assert sorted(os.listdir(run_dir / "kept")) == ["model-3.data-00000-of-00001", "model-3.index",
                                                     "model-6.data-00000-of-00001", "model-6.index"]
-    assert training.checkpoint_path(str(run_dir), 3) == str(run_dir / "kept" / "model-3")
-    assert training.checkpoint_path(str(run_dir), 9) == str(run_dir / "model-9")
+    assert run_folder.checkpoint_path(str(run_dir), 3) == str(run_dir / "kept" / "model-3")
+    assert run_folder.checkpoint_path(str(run_dir), 9) == str(run_dir / "model-9")
     trainer = training.Trainer(config_lib.load(config), str(run_dir))
-    trainer.restore(training.checkpoint_path(str(run_dir), 6))
+    trainer.resume(run_folder.checkpoint_path(str(run_dir), 6))
     assert trainer.global_step == 6 and trainer.state.values["epoch"] == 2
 
     assert run("--config", config, "-o", "k2", "--keep-step", "4") == 1
     assert "[4] are not epoch ends" in capsys.readouterr().err
-    assert run("--config", config, "-o", "k3", "--keep-checkpoints", "0") == 1
-    assert "train.keep_checkpoints must be >= 1" in capsys.readouterr().err
+    assert run("--config", config, "-o", "k3", "--keep-checkpoints", "0") == 2
+    assert "--keep-checkpoints: expected a whole number >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("pipelines", [1, 2])

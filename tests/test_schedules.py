@@ -1,105 +1,152 @@
-"""The adaptive learning rate (SPEC §5): lr traces epoch by epoch, written out by hand from the spec."""
+"""The adaptive learning rate (docs/original.md §5): lr traces epoch by epoch and restart epochs,
+written out by hand from the original's tables and tensorpack's timing (a point (e, v) is in
+force from epoch e + 1)."""
 import pytest
 
 from epsilon_resnet import config as config_lib
-from epsilon_resnet.schedules import AdaptiveLearningRate, piecewise
+from epsilon_resnet.schedules import AdaptiveLearningRate, piecewise, whole_blocks
 
 CIFAR_I = [(0, 0.1), (82, 0.01), (123, 0.001), (300, 0.0002)]
 CIFAR_R = [(0, 0.1), (41, 0.01), (61, 0.001), (150, 0.0002)]
 SVHN_I = [(1, 0.1), (20, 0.01), (28, 0.001), (50, 0.0001)]
 SVHN_R = [(1, 0.1), (10, 0.01), (14, 0.001), (25, 0.0001)]
+IMAGENET = [(0, 0.1), (30, 0.01), (60, 0.001), (85, 1e-4), (95, 1e-5)]
+
+# float32 moving averages of k blocks closed for good (0.99999946 per block; see whole_blocks)
+ONE, TWO, THREE = 0.99999946, 1.99999893, 2.9999984
 
 
-def trace(initial, restart, discarded, epochs):
-    """lr used in each epoch 1..epochs, given discarded_cnt at the end of each epoch."""
-    policy = AdaptiveLearningRate(initial, restart, threshold=1, last_k=1)
-    lr, lrs, history = policy.lr_at(1), [], []
+def table(segments, epochs):
+    """[(first epoch, lr), ...] written by hand → the lr of every epoch 1..epochs."""
+    lrs = []
+    for epoch in range(1, epochs + 1):
+        lrs.append([lr for first, lr in segments if first <= epoch][-1])
+    return lrs
+
+
+def trace(initial, restart, history, epochs, last_k=1):
+    """lr in force in each epoch 1..epochs, given discarded_cnt at the end of each epoch."""
+    policy = AdaptiveLearningRate(initial, restart, threshold=1, last_k=last_k)
+    lr, lrs = policy.lr_at(1), []
     for epoch in range(1, epochs + 1):
         lrs.append(lr)
-        history.append(discarded(epoch))
-        new = policy.after_epoch(epoch, history)
+        assert policy.lr_at(epoch) == lr  # the callback sets lr_at(epoch) at each epoch start
+        new = policy.after_epoch(epoch, [history(e) for e in range(1, epoch + 1)])
         lr = lr if new is None else new
     return lrs
 
 
-def expected(segments, epochs):
-    """[(first epoch, lr), ...] → the lr of every epoch 1..epochs."""
-    return [piecewise(segments, e) for e in range(1, epochs + 1)]
-
-
-def step_at(*epochs_and_counts):
-    """discarded_cnt as a step function: count c from epoch e on."""
-    return lambda epoch: piecewise(list(epochs_and_counts), epoch, default=0.0)
-
-
-def test_cifar_without_restart_is_the_standard_schedule():
-    assert trace(CIFAR_I, CIFAR_R, lambda e: 0.0, 400) == expected(
-        [(1, 0.1), (82, 0.01), (123, 0.001), (300, 0.0002)], 400)
-
-
-def test_cifar_one_restart():
-    # A block is lost during epoch 100: lr 0.1 from epoch 101, 0.01 from 141, 0.001 from 161, 0.0002 from 250.
-    lrs = trace(CIFAR_I, CIFAR_R, step_at((100, 1.0)), 300)
-    assert lrs == expected([(1, 0.1), (82, 0.01), (101, 0.1), (141, 0.01), (161, 0.001), (250, 0.0002)], 300)
-
-
-def test_cifar_two_restarts_and_slow_rise_below_threshold():
-    # Epoch 10: +1 (restart); 20..23: +0.4 a time (never +1 within last_k+1 = 2 epochs); 50: +2 (restart).
-    counts = step_at((10, 1.0), (20, 1.4), (21, 1.8), (22, 2.2), (23, 2.6), (50, 4.6))
-    lrs = trace(CIFAR_I, CIFAR_R, counts, 260)
-    assert lrs == expected([(1, 0.1), (11, 0.1), (51, 0.1), (91, 0.01), (111, 0.001), (200, 0.0002)], 260)
-
-
-def test_restart_needs_last_k_epochs_since_the_previous_one():
-    policy = AdaptiveLearningRate(CIFAR_I, CIFAR_R, threshold=1, last_k=2)
-    history, restarts = [], []
-    for epoch, count in enumerate([0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 2, 2, 3], start=1):
-        history.append(count)
-        policy.after_epoch(epoch, history)
+def restarts(history, last_k=1):
+    """The epochs after which the CIFAR policy restarts, for end-of-epoch discarded_cnt values."""
+    policy, epochs = AdaptiveLearningRate(CIFAR_I, CIFAR_R, threshold=1, last_k=last_k), []
+    for epoch in range(1, len(history) + 1):
+        policy.after_epoch(epoch, history[:epoch])
         if policy.last_restart == epoch:
-            restarts.append(epoch)
-    # last_k=2: window of 3 values; epoch 10 ([0,0,1]) restarts; 11 is 1 < 2 epochs later; 12 ([1,2,2]) restarts;
-    # 14 is 2 epochs after 12 and [2,2,3] rose by 1.
-    assert restarts == [10, 12, 14]
+            epochs.append(epoch)
+    return epochs
+
+
+def from_epoch(first, count):
+    """discarded_cnt that reads `count` from the end of epoch `first` on, 0 before."""
+    return lambda epoch: count if epoch >= first else 0.0
+
+
+def test_a_point_is_in_force_from_the_epoch_after_it():
+    points = [(0, "a"), (3, "b"), (5, "c")]
+    assert [piecewise(points, e, "default") for e in range(1, 8)] == ["a", "a", "a", "b", "b", "c", "c"]
+    assert [piecewise([(150, 2.5)], e, 0.0) for e in (1, 150, 151)] == [0.0, 0.0, 2.5]
+
+
+def test_cifar_without_restart_is_schedule_i():
+    assert trace(CIFAR_I, CIFAR_R, lambda e: 0.0, 400) == table(
+        [(1, 0.1), (83, 0.01), (124, 0.001), (301, 0.0002)], 400)
+
+
+def test_cifar_one_restart_is_r_shifted_by_the_epoch():
+    # A block closes in epoch 100: 0.1 from 101, R's 0.01 from 100+42, 0.001 from 162, 0.0002 from 251.
+    lrs = trace(CIFAR_I, CIFAR_R, from_epoch(100, ONE), 300)
+    assert lrs == table([(1, 0.1), (83, 0.01), (101, 0.1), (142, 0.01), (162, 0.001), (251, 0.0002)], 300)
+
+
+def test_cifar_block_closing_in_the_last_steps_restarts_one_epoch_later():
+    # Its average reads 0.6 at the end of epoch 50 and has settled by the end of epoch 51.
+    history = lambda e: {50: 0.6}.get(e, ONE if e > 50 else 0.0)  # noqa: E731
+    lrs = trace(CIFAR_I, CIFAR_R, history, 200)
+    assert lrs == table([(1, 0.1), (52, 0.1), (93, 0.01), (113, 0.001), (202, 0.0002)], 200)
+
+
+def test_cifar_two_restarts():
+    history = lambda e: TWO if e >= 50 else ONE if e >= 10 else 0.0  # noqa: E731
+    lrs = trace(CIFAR_I, CIFAR_R, history, 260)
+    assert lrs == table([(1, 0.1), (11, 0.1), (51, 0.1), (92, 0.01), (112, 0.001), (201, 0.0002)], 260)
 
 
 def test_svhn_without_restart():
-    assert trace(SVHN_I, SVHN_R, lambda e: 0.0, 60) == expected([(1, 0.1), (20, 0.01), (28, 0.001), (50, 0.0001)], 60)
+    assert trace(SVHN_I, SVHN_R, lambda e: 0.0, 60) == table([(1, 0.1), (21, 0.01), (29, 0.001), (51, 0.0001)], 60)
 
 
 def test_svhn_one_restart():
-    lrs = trace(SVHN_I, SVHN_R, step_at((25, 1.0)), 70)
-    # Restart after epoch 25: R shifted by 25 → 0.1 at 26, 0.01 at 35, 0.001 at 39, 0.0001 at 50.
-    assert lrs == expected([(1, 0.1), (20, 0.01), (26, 0.1), (35, 0.01), (39, 0.001), (50, 0.0001)], 70)
+    # Restart after epoch 25: 0.1 from 26, 0.01 from 25+11, 0.001 from 40, 0.0001 from 51.
+    lrs = trace(SVHN_I, SVHN_R, from_epoch(25, ONE), 70)
+    assert lrs == table([(1, 0.1), (21, 0.01), (26, 0.1), (36, 0.01), (40, 0.001), (51, 0.0001)], 70)
 
 
 def test_svhn_two_restarts():
-    lrs = trace(SVHN_I, SVHN_R, step_at((5, 1.0), (30, 2.0)), 70)
-    assert lrs == expected([(1, 0.1), (15, 0.01), (19, 0.001), (30, 0.0001), (31, 0.1), (40, 0.01),
-                            (44, 0.001), (55, 0.0001)], 70)
+    history = lambda e: TWO if e >= 30 else ONE if e >= 5 else 0.0  # noqa: E731
+    lrs = trace(SVHN_I, SVHN_R, history, 70)
+    assert lrs == table([(1, 0.1), (16, 0.01), (20, 0.001), (31, 0.1), (41, 0.01), (45, 0.001), (56, 0.0001)], 70)
 
 
 def test_standard_schedule_without_restart_table_ignores_discarding():
-    imagenet = [(0, 0.1), (30, 0.01), (60, 0.001), (85, 1e-4), (95, 1e-5)]
-    assert trace(imagenet, None, lambda e: float(e), 110) == expected(
-        [(1, 0.1), (30, 0.01), (60, 0.001), (85, 1e-4), (95, 1e-5)], 110)
+    assert trace(IMAGENET, None, lambda e: float(e), 110) == table(
+        [(1, 0.1), (31, 0.01), (61, 0.001), (86, 1e-4), (96, 1e-5)], 110)
+
+
+@pytest.mark.parametrize("history, expected", [
+    ([0, 0, 0, ONE, ONE, ONE], [4]),                      # a block closes early in epoch 4
+    ([0, 0, 0, 0.6, ONE, ONE], [5]),                      # ... in the last steps of epoch 4
+    ([0, ONE, TWO, THREE, THREE], [2, 3, 4]),             # one more block each epoch, float32 stall
+    ([0, 0, TWO, TWO, TWO], [3]),                         # two blocks in the same epoch: one restart
+    ([THREE, THREE, 4.0, 4.0], [3]),                      # 3 → 4 exactly: counted once
+    ([0, ONE, ONE, 0.3, 0, 0, 0.7, ONE, ONE], [2, 8]),    # a block reopens (no restart), closes again
+    ([0, 0.4, 0.8, 0.4, 0, 0.9, 0.5], []),                # a block that never settles closed
+])
+def test_every_newly_discarded_block_restarts_exactly_once(history, expected):
+    assert restarts(history) == expected
+
+
+def test_restart_needs_last_k_epochs_since_the_previous_one():
+    # last_k=2: window of 3 values; epoch 10 ([0,0,1]) restarts; 11 is 1 < 2 epochs later;
+    # 12 ([1,2,2]) restarts; 13 is too soon; 14 ([2,2,3]) restarts.
+    history = [0] * 9 + [ONE, TWO, TWO, TWO, THREE]
+    assert restarts(history, last_k=2) == [10, 12, 14]
+
+
+def test_whole_blocks_forgives_the_float32_stall_only():
+    assert [whole_blocks(x) for x in (0.0, 0.6, 0.998, ONE, TWO, 4.0, 375 * ONE)] == [0, 0, 0, 1, 2, 4, 375]
 
 
 def test_state_round_trip_continues_the_same_trace():
-    counts = step_at((10, 1.0))
     policy = AdaptiveLearningRate(CIFAR_I, CIFAR_R)
-    history = [counts(e) for e in range(1, 13)]
+    history = [from_epoch(10, ONE)(e) for e in range(1, 13)]
     for epoch in range(1, 13):
         policy.after_epoch(epoch, history[:epoch])
     resumed = AdaptiveLearningRate(CIFAR_I, CIFAR_R)
     resumed.load_state(policy.state())
-    assert resumed.lr_at(40) == 0.1 and resumed.lr_at(51) == 0.01 and resumed.last_restart == 10
+    assert (resumed.lr_at(51), resumed.lr_at(52), resumed.last_restart) == (0.1, 0.01, 10)
 
 
-@pytest.mark.parametrize("name, initial, restart", [("cifar10", CIFAR_I, CIFAR_R), ("cifar100", CIFAR_I, CIFAR_R)])
-def test_shipped_configs_hold_the_spec_tables(name, initial, restart):
+@pytest.mark.parametrize("name, initial, restart", [("cifar10", CIFAR_I, CIFAR_R), ("cifar100", CIFAR_I, CIFAR_R),
+                                                    ("svhn", SVHN_I, SVHN_R), ("imagenet", IMAGENET, None)])
+def test_shipped_configs_hold_the_original_tables(name, initial, restart):
     train = config_lib.shipped(name).train
     assert [tuple(p) for p in train.lr_schedule] == initial
-    assert [tuple(p) for p in train.lr_restart_schedule] == restart
-    assert (train.lr_restart_threshold, train.lr_restart_last_k, train.batch_size) == (1, 1, 128)
-    assert (train.weight_decay, train.weight_decay_rate, train.weight_decay_steps) == (0.0002, 0.2, 480000)
+    assert (None if train.lr_restart_schedule is None else [tuple(p) for p in train.lr_restart_schedule]) == restart
+    if restart is not None:
+        assert (train.lr_restart_threshold, train.lr_restart_last_k) == (1, 1)
+
+
+def test_shipped_cifar_weight_decay_is_the_original():
+    train = config_lib.shipped("cifar10").train
+    assert (train.weight_decay, train.weight_decay_rate, train.weight_decay_steps, train.batch_size) == (
+        0.0002, 0.2, 480000, 128)

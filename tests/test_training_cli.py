@@ -24,7 +24,7 @@ def test_short_run_writes_log_metrics_events_and_checkpoints_then_resumes(tmp_pa
     assert [r["epoch"] for r in records] == [1, 2] and [r["global_step"] for r in records] == [3, 6]
     assert EPOCH_KEYS <= set(records[0])
     for block in ("res1.0", "res2.0", "res3.0"):
-        assert {f"{block}/is_discarded", f"{block}/max_abs", f"{block}/mean_abs"} <= set(records[-1])
+        assert {f"{block}/is_discarded", f"{block}/response_abs_max", f"{block}/response_mean_max"} <= set(records[-1])
     assert records[0]["learning_rate"] == pytest.approx(0.1) and records[0]["epsilon"] == 2.5
     assert (run_dir / "model-3.index").exists() and (run_dir / "model-6.index").exists()
     assert "epoch 2 done" in (run_dir / "log.log").read_text()
@@ -36,10 +36,12 @@ def test_short_run_writes_log_metrics_events_and_checkpoints_then_resumes(tmp_pa
     assert [(r["epoch"], r["global_step"]) for r in records] == [(1, 3), (2, 6), (3, 9)]
     assert "resumed from" in (run_dir / "log.log").read_text()
 
-    # --load starts a new run from a checkpoint: its step and epoch go on from there.
-    assert run("--config", config, "-o", "loaded", "--load", str(run_dir / "model-6"), "--max-epoch", "3") == 0
+    # --load restores the variables (the global step too) and starts a new run: epoch 1, schedules anew.
+    assert run("--config", config, "-o", "loaded", "--load", str(run_dir / "model-6"), "--max-epoch", "2") == 0
     loaded = read_metrics(str(tmp_path / "train_log.loaded"))
-    assert [(r["epoch"], r["global_step"]) for r in loaded] == [(3, 9)]
+    assert [(r["epoch"], r["global_step"]) for r in loaded] == [(1, 9), (2, 12)]
+    assert [r["learning_rate"] for r in loaded] == pytest.approx([0.1, 0.1])
+    assert "a new run starts at epoch 1" in (tmp_path / "train_log.loaded" / "log.log").read_text()
 
 
 def test_missing_data_folder_fails_before_writing_anything(tmp_path, monkeypatch, capsys):
@@ -72,7 +74,7 @@ def test_missing_or_corrupt_checkpoint_for_load(tmp_path, monkeypatch, capsys, t
     (tmp_path / "model-5.index").write_bytes(b"not a checkpoint")
     (tmp_path / "model-5.data-00000-of-00001").write_bytes(b"garbage")
     assert run("--config", config, "-o", "b", "--load", str(tmp_path / "model-5")) == 1
-    assert "cannot load checkpoint" in capsys.readouterr().err
+    assert "model-5 do not fit the network" in capsys.readouterr().err
 
 
 def test_existing_run_of_another_model_is_left_untouched(tmp_path, monkeypatch, capsys, tiny_cifar):
@@ -95,7 +97,7 @@ def test_output_must_be_a_name_not_a_path(tmp_path, monkeypatch, capsys, tiny_ci
 def test_plain_network_trains_with_the_step_schedule(tmp_path, monkeypatch, tiny_cifar):
     monkeypatch.chdir(tmp_path)
     config = write_tiny_config(str(tmp_path), tiny_cifar, model={"n": 1, "gated": False, "side_output": False},
-                               lr_schedule=[[0, 0.1], [2, 0.01]], lr_restart_schedule=None)
+                               lr_schedule=[[0, 0.1], [1, 0.01]], lr_restart_schedule=None)
     assert run("--config", config, "-o", "plain") == 0
     records = read_metrics(str(tmp_path / "train_log.plain"))
     assert [r["learning_rate"] for r in records] == pytest.approx([0.1, 0.01])

@@ -1,5 +1,7 @@
-"""Image augmentations of SPEC §6, one small function per operation, composed in lists.
+"""Image augmentations of docs/original.md §6, one small function per operation, composed in lists.
 
+Each op does what the original's tensorpack 0.2 augmentor effectively did, including its
+quirks where they change the images (crop offsets, the lighting noise's scale, clipping).
 A random op is `op(image, seed) -> image`: `seed` is a shape-[2] stateless seed, so the
 same seed always gives the same image. Deterministic ops take `(image, seed=None)` so they
 sit in the same lists. Images are float32 HxWx3 in 0..255 pixel units, RGB.
@@ -44,8 +46,18 @@ def pad_centered(image, seed=None, *, size):
     return tf.image.resize_with_crop_or_pad(image, size, size)
 
 
+def randint(seed, high):
+    """numpy's randint(high) as tensorpack used it: 0..high-1, the upper end excluded; 0 if high <= 0."""
+    return tf.random.stateless_uniform([], seed, 0, tf.maximum(high, 1), dtype=tf.int32)
+
+
 def random_crop(image, seed, *, size):
-    return tf.image.stateless_random_crop(image, [size, size, 3], seed)
+    """tensorpack's RandomCrop: top and left offsets randint(H - size), randint(W - size), so
+    a 32x32 crop of a 40x40 image starts at 0..7, never at 8 (tf.image.random_crop: 0..8)."""
+    top_seed, left_seed = tf.unstack(split_seed(seed, num=2))
+    shape = tf.shape(image)
+    top, left = randint(top_seed, shape[0] - size), randint(left_seed, shape[1] - size)
+    return tf.ensure_shape(image[top:top + size, left:left + size], [size, size, 3])
 
 
 def random_flip(image, seed):
@@ -53,10 +65,10 @@ def random_flip(image, seed):
 
 
 def resize_shorter(image, seed=None, *, size):
-    """Bicubic resize so that the shorter side is `size`, keeping the aspect ratio."""
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    new_shape = tf.cast(tf.floor(shape * (size / tf.reduce_min(shape)) + 0.5), tf.int32)
-    return tf.image.resize(image, tf.maximum(new_shape, size), method="bicubic")
+    """The original's ResizeShortestEdge: bilinear (cv2.INTER_LINEAR) resize of the shorter
+    side to `size` and of the longer one to int(size * longer / shorter), truncated."""
+    shape = tf.shape(image)[:2]
+    return tf.image.resize(image, size * shape // tf.reduce_min(shape), method="bilinear")
 
 
 def center_crop(image, seed=None, *, size):
@@ -65,18 +77,21 @@ def center_crop(image, seed=None, *, size):
     return tf.ensure_shape(image[top:top + size, left:left + size], [size, size, 3])
 
 
-def random_resized_crop(image, seed, *, size, area_range=(0.08, 1.0), aspect_range=(3 / 4, 4 / 3), attempts=10):
-    """Inception-style crop: the first of `attempts` random (area, aspect) boxes that fits in
-    the image, resized to size x size (bicubic); if none fits, the shorter side resized to
-    `size` and centre-cropped. Like the original, width and height swap with probability 1/2.
+def random_resized_crop(image, seed, *, size, area_range=(0.08, 1.0), aspect_range=(0.75, 1.333), attempts=10):
+    """The original's Inception-style crop: up to `attempts` boxes of a random fraction
+    `area_range` of the image's area and aspect ratio `aspect_range`, sides truncated to
+    whole pixels and swapped with probability 1/2. The first box that fits is cut at offsets
+    randint(H - h), randint(W - w) and resized to size x size; if none fits, the whole image
+    is resized to size x size (its aspect ratio not kept). Bicubic, then clipped to 0..255
+    as cv2.resize of a uint8 image saturates.
     """
     shape = tf.shape(image)
     height, width = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
     area_seed, aspect_seed, swap_seed, top_seed, left_seed = tf.unstack(split_seed(seed, num=5))
     areas = tf.random.stateless_uniform([attempts], area_seed, *area_range) * height * width
     aspects = tf.random.stateless_uniform([attempts], aspect_seed, *aspect_range)
-    crop_w = tf.maximum(tf.round(tf.sqrt(areas * aspects)), 1)
-    crop_h = tf.maximum(tf.round(tf.sqrt(areas / aspects)), 1)
+    crop_w = tf.maximum(tf.floor(tf.sqrt(areas * aspects)), 1)
+    crop_h = tf.maximum(tf.floor(tf.sqrt(areas / aspects)), 1)
     swap = tf.random.stateless_uniform([attempts], swap_seed) < 0.5
     crop_h, crop_w = tf.where(swap, crop_w, crop_h), tf.where(swap, crop_h, crop_w)
     fits = (crop_h <= height) & (crop_w <= width)
@@ -84,14 +99,11 @@ def random_resized_crop(image, seed, *, size, area_range=(0.08, 1.0), aspect_ran
     def first_fitting_box():
         k = tf.argmax(tf.cast(fits, tf.int32))
         box_h, box_w = tf.cast(crop_h[k], tf.int32), tf.cast(crop_w[k], tf.int32)
-        top = tf.random.stateless_uniform([], top_seed, 0, shape[0] - box_h + 1, dtype=tf.int32)
-        left = tf.random.stateless_uniform([], left_seed, 0, shape[1] - box_w + 1, dtype=tf.int32)
-        return tf.image.resize(image[top:top + box_h, left:left + box_w], [size, size], method="bicubic")
+        top, left = randint(top_seed, shape[0] - box_h), randint(left_seed, shape[1] - box_w)
+        return image[top:top + box_h, left:left + box_w]
 
-    def whole_image():
-        return center_crop(resize_shorter(image, size=size), size=size)
-
-    return tf.ensure_shape(tf.cond(tf.reduce_any(fits), first_fitting_box, whole_image), [size, size, 3])
+    box = tf.cond(tf.reduce_any(fits), first_fitting_box, lambda: image)
+    return tf.ensure_shape(clip_pixels(tf.image.resize(box, [size, size], method="bicubic")), [size, size, 3])
 
 
 def gaussian_weights(height, width, anchors, sigma):
@@ -135,13 +147,16 @@ def gaussian_deform(image, seed, *, anchors, sigma, randrange):
 # --- photometric ------------------------------------------------------------------------
 
 def random_brightness(image, seed, *, delta):
-    return image + tf.random.stateless_uniform([], seed, -delta, delta)
+    """Add one value from [-delta, delta] to every pixel, then clip to 0..255: tensorpack's
+    Brightness clips by default, and a uint8 image whatever its clip flag (the ImageNet one)."""
+    return clip_pixels(image + tf.random.stateless_uniform([], seed, -delta, delta))
 
 
 def random_contrast(image, seed, *, lower, upper):
-    """Scale each channel's deviation from its own mean by a factor in [lower, upper]."""
+    """Scale each channel's deviation from its own mean by a factor in [lower, upper], then
+    clip to 0..255 as tensorpack's Contrast does (the same rule as random_brightness)."""
     mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
-    return (image - mean) * tf.random.stateless_uniform([], seed, lower, upper) + mean
+    return clip_pixels((image - mean) * tf.random.stateless_uniform([], seed, lower, upper) + mean)
 
 
 def random_saturation(image, seed, *, amount):
@@ -151,9 +166,11 @@ def random_saturation(image, seed, *, amount):
 
 
 def pca_lighting(image, seed, *, std, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EIGVEC):
-    """AlexNet lighting noise: a random shift along the colour principal components."""
+    """AlexNet lighting noise, a shift along the colour principal components, at the scale the
+    original applied it: eigvec·(N(0, std)·eigval) added to 0..255 pixels, with eigval in
+    0..1 units, so about 0.02 grey levels (1/255 of AlexNet's): negligible, kept for fidelity."""
     alpha = tf.random.stateless_normal([3], seed, stddev=std)
-    return image + tf.linalg.matvec(eigvec, alpha * eigval) * 255
+    return image + tf.linalg.matvec(eigvec, alpha * eigval)
 
 
 def clip_pixels(image, seed=None):
@@ -183,7 +200,7 @@ SVHN_TRAIN = (
     functools.partial(random_brightness, delta=10.0),
     functools.partial(random_contrast, lower=0.8, upper=1.2),
     functools.partial(gaussian_deform, anchors=SVHN_ANCHORS, sigma=0.2, randrange=3.0),
-    clip_pixels,
+    clip_pixels,  # only float rounding of the bilinear sampling leaves 0..255 (by ~1e-5)
     functools.partial(random_crop, size=32),
 )
 
@@ -203,9 +220,8 @@ def imagenet_train(size):
 
 
 def imagenet_eval(size):
-    """Shorter side to 256/224 of the crop size, then the central crop."""
+    """Shorter side to 256/224 of the crop size (bilinear), then the central crop."""
     return (
         functools.partial(resize_shorter, size=int(round(size * 256 / 224))),
         functools.partial(center_crop, size=size),
-        clip_pixels,
     )

@@ -2,7 +2,8 @@
 
 The python pickles and the binary records, each as the extracted folder or the original
 tarball (read in place, in one pass), or a folder tensorflow-datasets prepared. Train on
-all 50,000 training images, evaluate on the 10,000 test images.
+all 50,000 training images, evaluate on the 10,000 test images (docs/original.md §6); or,
+with the option `holdout=K`, train on 50,000 - K and evaluate on a fixed K of them.
 """
 import dataclasses
 import functools
@@ -16,6 +17,7 @@ import numpy as np
 
 from epsilon_resnet.data import augment, files
 from epsilon_resnet.data.source import ArraySource
+from epsilon_resnet.errors import DataError
 
 PIXELS = 32 * 32 * 3
 
@@ -26,13 +28,13 @@ def parse_pickle(data, where, label_key):
     try:
         batch = pickle.load(io.BytesIO(data), encoding="bytes")
     except Exception as error:  # truncated or not a pickle: EOFError, UnpicklingError, ...
-        raise ValueError(f"{where}: cannot unpickle ({error!r}); expected {expected}") from error
+        raise DataError(f"{where}: cannot unpickle ({error!r}); expected {expected}") from error
     if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
-        raise ValueError(f"{where}: expected {expected}")
+        raise DataError(f"{where}: expected {expected}")
     pixels, labels = np.asarray(batch[b"data"]), np.asarray(batch[label_key])
     if pixels.dtype != np.uint8 or pixels.ndim != 2 or pixels.shape[1] != PIXELS or len(labels) != len(pixels):
-        raise ValueError(f"{where}: b'data' is {pixels.dtype} {pixels.shape} with {len(labels)} labels; "
-                         f"expected {expected}")
+        raise DataError(f"{where}: b'data' is {pixels.dtype} {pixels.shape} with {len(labels)} labels; "
+                        f"expected {expected}")
     return to_images(pixels), labels
 
 
@@ -40,8 +42,8 @@ def parse_records(data, where, label_bytes):
     """A binary-version file: records of `label_bytes` label bytes (the last one is used) + 3072 pixels."""
     record = label_bytes + PIXELS
     if len(data) % record:
-        raise ValueError(f"{where}: {len(data)} bytes is not a whole number of {record}-byte records "
-                         f"({label_bytes} label byte(s) + {PIXELS} pixel bytes each)")
+        raise DataError(f"{where}: {len(data)} bytes is not a whole number of {record}-byte records "
+                        f"({label_bytes} label byte(s) + {PIXELS} pixel bytes each)")
     records = np.frombuffer(data, np.uint8).reshape(-1, record)
     return to_images(records[:, label_bytes:]), records[:, label_bytes - 1]
 
@@ -93,7 +95,7 @@ def read_folder(folder, names):
     for name in names:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} is missing: {folder} must hold {', '.join(names)}")
+            raise DataError(f"{path} is missing: {folder} must hold {', '.join(names)}")
         with open(path, "rb") as f:
             found[name] = (f.read(), path)
     return found
@@ -110,10 +112,10 @@ def read_tarball(tarball, folder, names):
                 if name and member.isfile():
                     found[name] = (tar.extractfile(member).read(), f"{tarball}:{member.name}")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
-        raise ValueError(f"{tarball}: unreadable tarball ({error!r}); expected the {folder}/ folder, gzipped") from error
+        raise DataError(f"{tarball}: unreadable tarball ({error!r}); expected the {folder}/ folder, gzipped") from error
     missing = [f"{folder}/{name}" for name in names if name not in found]
     if missing:
-        raise ValueError(f"{tarball}: lacks {', '.join(missing)}")
+        raise DataError(f"{tarball}: lacks {', '.join(missing)}")
     return found
 
 
@@ -148,17 +150,19 @@ def _arrays(cifar, data_dir):
         f"or a folder prepared by tensorflow-datasets ({cifar.tfds_name}/<version>/)")
 
 
-def load(cifar, data_dir=None):
+def load(cifar, data_dir=None, holdout=0):
     data_dir = files.resolve(data_dir)
     (train_images, train_labels), (test_images, test_labels), where = _arrays(cifar, data_dir)
     train = (train_images, files.check_labels(train_labels, cifar.num_classes, where))
     test = (test_images, files.check_labels(test_labels, cifar.num_classes, where))
-    return ArraySource(cifar.name, cifar.num_classes, train, test, augment.CIFAR_TRAIN)
+    return ArraySource(cifar.name, cifar.num_classes, train, test, augment.CIFAR_TRAIN, holdout)
 
 
-def cifar10(data_dir=None):
-    return load(CIFAR10, data_dir)
+def cifar10(data_dir=None, holdout=0):
+    """holdout: how many training images to hold out as the evaluation set (0: the test set)."""
+    return load(CIFAR10, data_dir, holdout)
 
 
-def cifar100(data_dir=None):
-    return load(CIFAR100, data_dir)
+def cifar100(data_dir=None, holdout=0):
+    """holdout: how many training images to hold out as the evaluation set (0: the test set)."""
+    return load(CIFAR100, data_dir, holdout)

@@ -1,4 +1,5 @@
-"""Finding dataset files on disk, and the errors that say what to put where.
+"""Finding dataset files on disk, checking what was found (labels, option values), and the
+errors that say what to put where.
 
 Nothing is ever downloaded. tensorflow-datasets is only asked to read a folder it already
 prepared (`<data_dir>/<name>/<version>/dataset_info.json`): given anything less it
@@ -7,6 +8,8 @@ retries HTTP downloads for minutes before failing.
 import os
 
 import numpy as np
+
+from epsilon_resnet.errors import DataError
 
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"  # where tensorflow-datasets prepares data by default
 
@@ -24,7 +27,7 @@ def entry(data_dir, name):
 
 def not_found(dataset, data_dir, looked_at, what_to_put):
     lines = "\n".join(f"  {path}" for path in looked_at)
-    return FileNotFoundError(
+    return DataError(
         f"{dataset}: no data found (nothing is downloaded). Looked at:\n{lines}\n"
         f"Put {what_to_put} in {data_dir}, or pass the folder that holds them as the data directory.")
 
@@ -66,5 +69,12 @@ def tfds_arrays(builder_dir, split):
 def check_labels(labels, num_classes, where):
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{where}: labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
+        raise DataError(f"{where}: labels must lie in 0..{num_classes - 1}, found {labels.min()}..{labels.max()}")
     return labels.astype(np.int32)
+
+
+def check_positive(dataset, **options):
+    """Each named option must be a whole number >= 1 (an image size, a count)."""
+    for option, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise DataError(f"{dataset}: {option}={value!r} must be a whole number >= 1")

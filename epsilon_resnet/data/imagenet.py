@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from epsilon_resnet.data import augment, files
 from epsilon_resnet.data.source import AUTOTUNE, IMAGENET_MEAN, IMAGENET_SCALE, DataSource, IndexedSource, Shard
+from epsilon_resnet.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 TFDS_NAME = "imagenet2012"
@@ -42,15 +43,15 @@ class ImageFolderSource(IndexedSource):
     def __init__(self, data_dir, image_size):
         train_dir, val_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "val")
         if not os.path.isdir(val_dir):
-            raise FileNotFoundError(f"imagenet: {val_dir} is missing: put the validation images in {LAYOUT}")
+            raise DataError(f"imagenet: {val_dir} is missing: put the validation images in {LAYOUT}")
         train, val = list_classes(train_dir), list_classes(val_dir)
         for split_dir, classes in ((train_dir, train), (val_dir, val)):
             if not any(classes.values()):
-                raise FileNotFoundError(f"imagenet: no images in {split_dir}: put {LAYOUT} in {data_dir}")
+                raise DataError(f"imagenet: no images in {split_dir}: put {LAYOUT} in {data_dir}")
         unknown = sorted(set(val) - set(train))
         if unknown:
-            raise ValueError(f"imagenet: {val_dir} has class folders that {train_dir} lacks: {', '.join(unknown[:10])}"
-                             f"{' ...' if len(unknown) > 10 else ''}; class ids come from the train folders")
+            raise DataError(f"imagenet: {val_dir} has class folders that {train_dir} lacks: {', '.join(unknown[:10])}"
+                            f"{' ...' if len(unknown) > 10 else ''}; class ids come from the train folders")
         class_index = {wnid: k for k, wnid in enumerate(train)}
         columns = {split: self._table(classes, class_index) for split, classes in (("train", train), ("eval", val))}
         super().__init__("imagenet", len(train), (image_size, image_size, 3), len(columns["train"][0]),
@@ -99,6 +100,8 @@ class TfdsImageNetSource(DataSource):
 
 
 def imagenet(data_dir=None, image_size=224):
+    """image_size: the side of the square training and evaluation crops (224 in the paper)."""
+    files.check_positive("imagenet", image_size=image_size)
     data_dir = files.resolve(data_dir)
     if os.path.isdir(os.path.join(data_dir, "train")):
         return ImageFolderSource(data_dir, image_size)

@@ -12,7 +12,8 @@ import random
 import numpy as np
 import tensorflow as tf
 
-from epsilon_resnet.data import augment
+from epsilon_resnet.data import augment, holdout
+from epsilon_resnet.errors import DataError
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Per-channel RGB statistics of ImageNet in 0..1 units, the usual normalisation.
@@ -40,12 +41,15 @@ class DataSource:
 
     Images come out as float32 in raw 0..255 pixel units: the network subtracts
     `pixel_mean` and multiplies by `pixel_scale` itself, so a saved model carries its own
-    normalisation. Subclasses provide `_train_examples` and `_eval_examples`.
+    normalisation. `family` ("cifar" or "imagenet") is set by `data.get_source` from
+    `data.DATASETS`; a source built directly passes it. Subclasses provide
+    `_train_examples` and `_eval_examples`.
     """
 
     def __init__(self, name, num_classes, image_shape, num_train, num_eval, pixel_mean, pixel_scale,
-                 train_augment=(), eval_preprocess=()):
+                 train_augment=(), eval_preprocess=(), family=None):
         self.name = name
+        self.family = family
         self.num_classes = int(num_classes)
         self.image_shape = tuple(int(d) for d in image_shape)
         self.num_train = int(num_train)
@@ -131,7 +135,8 @@ def shuffled_indices(num_examples, seed, shard, start=0):
     """
     indices = tf.range(shard.index, num_examples, shard.count, dtype=tf.int64)
     if indices.shape[0] == 0:
-        raise ValueError(f"input pipeline {shard.index} of {shard.count} gets none of the {num_examples} examples")
+        raise DataError(f"input pipeline {shard.index} of {shard.count} gets none of the {num_examples} "
+                        f"training examples: use fewer input pipelines (GPUs or hosts) than examples")
     key = tf.constant([seed, SHUFFLE_STREAM], tf.int64)
 
     def epoch_order(epoch):
@@ -188,14 +193,18 @@ class IndexedSource(DataSource):
 class ArraySource(IndexedSource):
     """A dataset small enough to hold in memory as uint8 arrays (CIFAR, SVHN).
 
-    pixel_mean is the per-pixel mean of the training images and pixel_scale 1/128, as in
-    the original CIFAR/SVHN networks.
+    With `holdout_count` > 0, that many training images (a fixed choice, see holdout.py) become
+    the evaluation set instead of `test`, and training uses the rest. pixel_mean is the
+    per-pixel mean of the images trained on and pixel_scale 1/128, as in the original
+    CIFAR/SVHN networks (docs/original.md §6; the original's mean also took in the test
+    images).
     """
 
-    def __init__(self, name, num_classes, train, evaluation, train_augment):
+    def __init__(self, name, num_classes, train, test, train_augment, holdout_count=0, family=None):
+        train, evaluation = holdout.split(train, test, holdout_count, name)
         (train_images, train_labels), (eval_images, eval_labels) = train, evaluation
         super().__init__(name, num_classes, train_images.shape[1:], len(train_images), len(eval_images),
                          pixel_mean=train_images.mean(axis=0, dtype=np.float64).astype(np.float32),
-                         pixel_scale=np.float32(1 / 128), train_augment=train_augment,
+                         pixel_scale=np.float32(1 / 128), train_augment=train_augment, family=family,
                          columns={"train": (train_images, np.asarray(train_labels, np.int32)),
                                   "eval": (eval_images, np.asarray(eval_labels, np.int32))})

@@ -1,0 +1,98 @@
+"""Keras-native saving: a gated ResNet survives `model.save("x.keras")` / `keras.models.load_model`
+with its outputs, ε and gate state, and the gate wraps the residual branch of any Keras model."""
+import keras
+import numpy as np
+import tensorflow as tf
+
+from epsilon_resnet import gate
+from epsilon_resnet.gate import MONITORED, StrictIdentity, gates_of
+from epsilon_resnet.networks import ChannelPad, PixelNormalization, build_resnet, cifar_structure
+
+# The README's example, verbatim: a user's own residual blocks, each branch behind a gate.
+README_EXAMPLE = '''
+import keras
+import numpy as np
+from epsilon_resnet import gate
+
+inputs = keras.Input((16, 16, 8))
+x = inputs
+for k in range(3):  # three residual blocks; a gate skips a block when every |f| <= epsilon
+    f = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    f = keras.layers.Conv2D(8, 3, padding="same")(f)
+    x = gate.StrictIdentity(epsilon=1.0, name=f"block{k}")([x, f])  # x + gate * f
+outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+model = keras.Model(inputs, outputs)
+model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+model.fit(np.random.rand(64, 16, 16, 8), np.random.randint(0, 10, 64), epochs=2, verbose=0)
+print({g.block: float(g.is_discarded.numpy()) for g in gate.gates_of(model)})
+gate.set_epsilon(model, 2.0)  # every gate's threshold at once
+model.save("gated.keras")     # epsilon and the gates' averages travel with the model
+'''
+
+
+def images(seed, count=4):
+    return np.random.default_rng(seed).uniform(0, 255, (count, 32, 32, 3)).astype(np.float32)
+
+
+def decisions(model, batch):
+    """Each gate's decision on a batch, from its residual branch (inference mode)."""
+    gates = gates_of(model)
+    probe = keras.Model(model.input, [gate.residual_input(g) for g in gates])
+    return [float(gate.gate_is_open(tf.reduce_max(tf.abs(f)), g.epsilon)) for g, f in zip(gates, probe(batch))]
+
+
+def mixed_gates_model():
+    """A gated ResNet with a side head whose common ε closes some gates and leaves others open,
+    after a few training-mode passes (so the moving averages and BN statistics are not at
+    their start)."""
+    keras.utils.set_random_seed(1)
+    model = build_resnet(cifar_structure(2), 10, epsilon=0.0, pixel_mean=125.0, pixel_scale=1 / 128)
+    for seed in range(3):
+        model(images(seed), training=True)
+    batch = images(0)
+    probe = keras.Model(model.input, [gate.residual_input(g) for g in gates_of(model)])
+    for eps in sorted(float(np.abs(f).max()) for f in probe(batch)):  # the first ε that gives a mix
+        gate.set_epsilon(model, eps)
+        if set(decisions(model, batch)) == {0.0, 1.0}:
+            return model, batch
+    raise AssertionError("no common ε closes some gates and leaves others open")
+
+
+def test_custom_layers_are_registered():
+    for cls in (StrictIdentity, PixelNormalization, ChannelPad):
+        assert keras.saving.get_registered_object(f"epsilon_resnet>{cls.__name__}") is cls
+
+
+def test_keras_file_round_trip_keeps_outputs_epsilon_and_gate_state(tmp_path):
+    model, batch = mixed_gates_model()
+    path = str(tmp_path / "gated.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+
+    assert gate.epsilon_of(loaded) == gate.epsilon_of(model) > 0
+    assert [g.block for g in gates_of(loaded)] == [g.block for g in gates_of(model)]
+    for original, restored in zip(gates_of(model), gates_of(loaded)):
+        assert isinstance(restored, StrictIdentity) and restored.ema_decay == original.ema_decay
+        for name in MONITORED + ("updates",):
+            assert getattr(restored, name).numpy() == getattr(original, name).numpy(), (original.block, name)
+    assert decisions(loaded, batch) == decisions(model, batch)
+    expected, got = model(batch, training=False), loaded(batch, training=False)
+    assert set(got) == {"logits", "side_logits"}
+    for key in expected:
+        np.testing.assert_array_equal(got[key].numpy(), expected[key].numpy())
+    # The restored update counters set the same moving-average decay on the next step.
+    model(images(7), training=True)
+    loaded(images(7), training=True)
+    assert [g.response_abs_max.numpy() for g in gates_of(loaded)] == [
+        g.response_abs_max.numpy() for g in gates_of(model)]
+
+
+def test_readme_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(README_EXAMPLE, namespace)
+    assert len(gate.gates_of(namespace["model"])) == 3
+    loaded = keras.models.load_model(tmp_path / "gated.keras")
+    assert [g.block for g in gate.gates_of(loaded)] == ["block0", "block1", "block2"]
+    assert gate.epsilon_of(loaded) == 2.0
+    assert all(int(g.updates.numpy()) == 2 * 2 for g in gate.gates_of(loaded))  # 2 epochs of 2 batches of 32
