@@ -23,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from epsilon_resnet import compression
-from epsilon_resnet.networks import build_resnet, cifar_structure
+from epsilon_resnet.networks import build_resnet
+from epsilon_resnet.structures import cifar_structure
 
 NAME, TOLERANCE = "compressed_inference", 0.05
 

@@ -9,7 +9,7 @@ back to back (order reversed every round); the ratio is the geometric mean of th
 ratios with a t-interval. One profiled step of the gated network says which ops the gates
 spend their time in.
 
-    python -m benchmarks.gate_overhead [--n 18] [--batch 128] [--steps 1] [--repeats 150] [--minutes 7]
+    python -m benchmarks.gate_overhead [--n 18] [--batch 128] [--steps 1] [--repeats 150] [--minutes 5]
 """
 import argparse
 import contextlib
@@ -66,7 +66,7 @@ def measure(steps, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.resnet_arguments(parser, 1, "training steps per timed block", repeats=150)
-    parser.add_argument("--minutes", type=float, default=7.0, help="time budget of the timed rounds")
+    parser.add_argument("--minutes", type=float, default=5.0, help="time budget of the timed rounds")
     args = parser.parse_args(argv)
     watch = common.MachineWatch()
 

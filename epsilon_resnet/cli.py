@@ -9,11 +9,12 @@ import json
 import os
 import sys
 
-from epsilon_resnet import console, distribute
+from epsilon_resnet import console, data, distribute
 from epsilon_resnet.errors import UserError
+from epsilon_resnet.structures import DATA_FORMATS, IMAGENET_DEPTHS
 
-IMAGENET_DEPTHS = (18, 34, 50, 101, 152)  # networks.IMAGENET_DEPTHS, which would import TensorFlow too early
-DATA_FORMAT_FLAGS = {"NHWC": "channels_last", "NCHW": "channels_first"}
+DATA_FORMAT_FLAGS = dict(zip(("NHWC", "NCHW"), DATA_FORMATS))  # the original's flag values
+IMAGENET_DATASETS = tuple(name for name in data.DATASETS if data.family_of(name) == "imagenet")
 
 
 def fail(message):
@@ -137,7 +138,8 @@ def imagenet_parser():
     parser = training_parser("Train an ε-ResNet on ImageNet; --eval --load CKPT evaluates a checkpoint, --cfg "
                              "FILE a compressed network.",
                              "global batch, split across the GPUs (default 256, as in the original)")
-    parser.add_argument("-d", "--depth", type=int, choices=IMAGENET_DEPTHS, help="ResNet depth (default 18)")
+    parser.add_argument("-d", "--depth", type=int, choices=sorted(IMAGENET_DEPTHS),
+                        help="ResNet depth (default: the config's, 18 as in the original)")
     parser.add_argument("--fake", action="store_true", help="random images instead of ImageNet, for benchmarking")
     parser.add_argument("--eval", action="store_true", help="only evaluate the --load checkpoint: print its top-1 "
                                                             "and top-5 validation error (writes nothing)")
@@ -158,7 +160,7 @@ def imagenet_main(argv=None):
         parser.error("--eval needs --load CKPT, the checkpoint to evaluate")
     if args.cfg:
         args.export, args.num_units, args.output = None, None, None
-        return run_evaluation(args, ("imagenet", "fake-imagenet"))
+        return run_evaluation(args, IMAGENET_DATASETS)
     start_tensorflow(args)
     # --fake keeps configs/imagenet.yaml (or --config) and swaps only the data source.
     overrides = {"data.name": "fake-imagenet" if args.fake else "imagenet", "model.depth": args.depth,
@@ -193,7 +195,7 @@ def evaluate_checkpoint(config, path):
 
     Nothing is written: no run folder is made, and the checkpoint's folder is only read.
     """
-    from epsilon_resnet import data, run_folder
+    from epsilon_resnet import run_folder
     from epsilon_resnet.evaluation import Evaluator
     from epsilon_resnet.gate import epsilon_of
     from epsilon_resnet.networks import build_from_config
@@ -286,7 +288,7 @@ def run_evaluation(args, datasets):
     ImageNet); user errors exit 1.
     """
     start_tensorflow(args)
-    from epsilon_resnet import compressed_cfg, data
+    from epsilon_resnet import compressed_cfg
     from epsilon_resnet.evaluation import Evaluator
 
     try:
@@ -354,4 +356,4 @@ def imagenet_compressed_main(argv=None):
                                data_help="ImageNet folder (default: the one in the .cfg)")
     args = parser.parse_args(argv)
     args.num_units = None
-    run_evaluation(args, ("imagenet", "fake-imagenet"))
+    run_evaluation(args, IMAGENET_DATASETS)

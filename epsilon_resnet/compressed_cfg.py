@@ -16,8 +16,10 @@ import tensorflow as tf
 import yaml
 
 from epsilon_resnet import data, run_folder
+from epsilon_resnet.config import read_yaml
 from epsilon_resnet.errors import CompressionError
-from epsilon_resnet.networks import Structure, build_resnet, cifar_structure, imagenet_structure
+from epsilon_resnet.networks import build_resnet
+from epsilon_resnet.structures import Structure, cifar_structure, imagenet_structure
 
 HEADER = ("# A compressed ε-ResNet written by compressModel.py. Evaluate it with "
           "cifarCompressedResnet.py / svhnCompressedResnet.py / imagenetCompressedResnet.py --cfg <this file>.\n")
@@ -100,7 +102,8 @@ def _structure(path, raw, size_key):
 
 def read(path):
     """Parse and validate a compressed_model_<step>.cfg; errors name the file and the key."""
-    raw = _read_yaml(path)
+    raw = read_yaml(path, CompressionError, f"--cfg {path!r} does not exist (compressModel.py writes "
+                                            f"train_log.<output>/compressed_model_<step>.cfg)")
     _check_keys(path, raw)
     size_key = "depth" if data.family_of(raw["dataset"]) == "imagenet" else "n"
     if not isinstance(raw.get(size_key), int) or isinstance(raw.get(size_key), bool):
@@ -110,17 +113,6 @@ def read(path):
     return CompressedSpec(path, raw["dataset"], _structure(path, raw, size_key), raw["num_classes"],
                           tuple(raw["image_shape"]), weights, raw.get("data_dir"), dict(raw.get("data_options") or {}),
                           int(raw.get("eval_batch_size", 128)), raw[size_key])
-
-
-def _read_yaml(path):
-    if not os.path.isfile(path):
-        raise CompressionError(f"--cfg {path!r} does not exist (compressModel.py writes "
-                               f"train_log.<output>/compressed_model_<step>.cfg)")
-    try:
-        with open(path) as f:
-            return yaml.safe_load(f)
-    except yaml.YAMLError as err:
-        raise CompressionError(f"{path}: not valid YAML: {err}") from None
 
 
 def build(spec):

@@ -23,7 +23,8 @@ from epsilon_resnet.errors import CompressionError
 from epsilon_resnet.evaluation import run_batches, top_k_wrong
 from epsilon_resnet.gate import StrictIdentity, gate_is_open, gates_of, residual_input
 from epsilon_resnet.metrics_file import read_metrics
-from epsilon_resnet.networks import Structure, build_from_config, build_resnet, network_parts, structure_for
+from epsilon_resnet.networks import build_from_config, build_resnet, network_parts
+from epsilon_resnet.structures import Structure, structure_for
 
 RULES = ("gates", "ema")
 DECIDE_BATCHES = 20  # training batches the gates are watched on; a block must be closed on all of them

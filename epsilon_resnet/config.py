@@ -11,6 +11,7 @@ import yaml
 
 from epsilon_resnet import data
 from epsilon_resnet.errors import ConfigError, DataError
+from epsilon_resnet.structures import DATA_FORMATS
 
 
 @dataclasses.dataclass
@@ -168,8 +169,8 @@ def validate(config, source="config"):
     epsilons = [config.model.epsilon] + [eps for _, eps in config.model.epsilon_schedule]
     if any(eps < 0 for eps in epsilons):
         raise ConfigError(f"{source}: ε must be >= 0 (a block is discarded when every |F| <= ε), got {epsilons}")
-    if config.model.data_format not in ("channels_last", "channels_first"):
-        raise ConfigError(f"{source}: model.data_format must be channels_last or channels_first, "
+    if config.model.data_format not in DATA_FORMATS:
+        raise ConfigError(f"{source}: model.data_format must be one of {DATA_FORMATS}, "
                           f"got {config.model.data_format!r}")
 
 

@@ -74,18 +74,26 @@ def branch_statistics(residual, training):
     return cross_replica(tf.cast(max_abs, tf.float32), mean_abs)
 
 
+@tf.custom_gradient
 def gated_sum(shortcut, residual, gate):
     """shortcut + gate·F, with the multiply folded away when the gate is exactly 1 or 0.
 
     The gate is exactly 0 or 1 except in a band of s 1e-12 wide, so a branch selection
-    (shortcut + F, or shortcut alone) computes the same tensor as the product in both
-    directions without its two passes over F (the multiply and its gradient). Any other
-    gate value, NaN included, takes the literal product.
+    (shortcut + F, or the shortcut alone) computes the same tensor as the product without a
+    pass over F for the multiply; any other gate value, NaN included, takes the literal
+    product. The gradient is written out, the same selection for gate·dy: d/d shortcut = dy,
+    d/dF = dy when the gate is 1 (no pass), gate·dy otherwise; none to the gate, a step
+    function of F. (TensorFlow's own gradient of a branch that skips F makes every step
+    write an F-sized tensor of zeros for the branch not taken, which costs more than the
+    multiply it saves.)
     """
-    branch = tf.where(gate == 1.0, 0, tf.where(gate == 0.0, 1, 2))
-    return tf.switch_case(branch, [lambda: shortcut + residual,
-                                   lambda: tf.identity(shortcut),
-                                   lambda: shortcut + residual * tf.cast(gate, residual.dtype)])
+    scale = tf.cast(gate, residual.dtype)
+    out = tf.cond(gate == 1.0, lambda: shortcut + residual,
+                  lambda: tf.cond(gate == 0.0, lambda: tf.identity(shortcut), lambda: shortcut + residual * scale))
+
+    def gradient(dy):
+        return dy, tf.cond(gate == 1.0, lambda: tf.identity(dy), lambda: dy * scale), None
+    return out, gradient
 
 
 @keras.saving.register_keras_serializable(package="epsilon_resnet")

@@ -12,7 +12,8 @@ import tensorflow as tf
 from epsilon_resnet import callbacks as cbs
 from epsilon_resnet import gate
 from epsilon_resnet.metrics_file import read_metrics
-from epsilon_resnet.networks import Structure, build_resnet
+from epsilon_resnet.networks import build_resnet
+from epsilon_resnet.structures import Structure
 from epsilon_resnet.optimizers import TF1Momentum
 from epsilon_resnet.schedules import DISCARDED_TOLERANCE, AdaptiveLearningRate, whole_blocks
 

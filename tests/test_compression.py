@@ -18,7 +18,8 @@ from epsilon_resnet import data
 from epsilon_resnet.cli import imagenet_compressed_main
 from epsilon_resnet.errors import CompressionError, RunError
 from epsilon_resnet.gate import StrictIdentity, gates_of
-from epsilon_resnet.networks import Structure, build_from_config, build_resnet, cifar_structure
+from epsilon_resnet.networks import build_from_config, build_resnet
+from epsilon_resnet.structures import Structure, cifar_structure
 from epsilon_resnet.optimizers import TF1Momentum
 from epsilon_resnet.training import TrainingState
 from cli_helpers import exit_code, snapshot

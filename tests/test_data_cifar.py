@@ -145,11 +145,11 @@ def test_unknown_names_and_options_are_refused():
 # --- the registry ------------------------------------------------------------------------
 
 def test_each_dataset_has_one_family_and_the_source_carries_it(tmp_path):
-    from epsilon_resnet import data, networks
+    from epsilon_resnet import data, structures
 
     assert {name: data.family_of(name) for name in data.DATASETS} == {
         "cifar10": "cifar", "cifar100": "cifar", "svhn": "cifar", "imagenet": "imagenet", "fake-imagenet": "imagenet"}
-    assert set(data.family_of(name) for name in data.DATASETS) <= set(networks.FAMILIES)
+    assert set(data.family_of(name) for name in data.DATASETS) <= set(structures.FAMILIES)
     with pytest.raises(DataError, match="'mnist'.*cifar10, cifar100, svhn, imagenet, fake-imagenet"):
         data.family_of("mnist")
     fx.write_cifar10_python(tmp_path, NUM_TRAIN, NUM_TEST, SEED)

@@ -7,7 +7,8 @@ import tensorflow as tf
 
 from epsilon_resnet import gate as gate_lib
 from epsilon_resnet.gate import StrictIdentity, gates_of
-from epsilon_resnet.networks import Structure, build_resnet, cifar_structure, network_parts
+from epsilon_resnet.networks import build_resnet, network_parts
+from epsilon_resnet.structures import Structure, cifar_structure
 
 L = 1e6
 MONITORED = ("is_discarded", "response_abs_max", "response_mean_max")  # the original's summary names
@@ -59,9 +60,12 @@ def test_a_gate_inside_the_narrow_band_takes_the_literal_product():
     f[1, 2, 0, 3] = np.float32(1e-6 - 5e-13)  # s = max |F| with ε = 0
     expected_gate = reference_gate(f, 0.0, np.float32)
     assert 0.0 < expected_gate < 1.0
-    shortcut = np.ones_like(f)
-    out = StrictIdentity(0.0)([tf.constant(shortcut), tf.constant(f)]).numpy()
-    np.testing.assert_allclose(out, shortcut + expected_gate * f, rtol=0, atol=0)
+    shortcut, residual = tf.ones_like(f), tf.constant(f)
+    with tf.GradientTape() as tape:
+        tape.watch(residual)
+        out = StrictIdentity(0.0)([shortcut, residual], training=True)
+    np.testing.assert_array_equal(out.numpy(), shortcut.numpy() + expected_gate * f)
+    np.testing.assert_array_equal(tape.gradient(out, residual).numpy(), np.full(f.shape, expected_gate, np.float32))
 
 
 def test_gate_is_zero_for_all_zero_branch_even_with_eps_zero():

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from epsilon_resnet.gate import epsilon_of, gates_of
-from epsilon_resnet.networks import build_resnet, cifar_structure, imagenet_structure, side_position
+from epsilon_resnet.networks import build_resnet
+from epsilon_resnet.structures import cifar_structure, imagenet_structure, side_position
 
 # Written out from the ResNet paper (He et al. 2016, Table 1), not read from networks.py.
 BLOCKS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3)),
@@ -38,7 +39,7 @@ def torchvision_bn_widths(depth):
 
 
 def preact_bn_widths(depth):
-    """Channels of every BN of SPEC §3's pre-activation ResNet: the stem's, a pre-activation BN on
+    """Channels of every BN of docs/original.md §3's pre-activation ResNet: the stem's, a pre-activation BN on
     each block's input (group0/block0 reuses the stem's), one after every branch conv but the last,
     none in shortcuts, and bnlast before the global pooling."""
     bottleneck, blocks = BLOCKS[depth]

@@ -1,33 +1,25 @@
 """Keras-native saving: a gated ResNet survives `model.save("x.keras")` / `keras.models.load_model`
 with its outputs, ε and gate state, and the gate wraps the residual branch of any Keras model."""
+import os
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from epsilon_resnet import gate
 from epsilon_resnet.gate import MONITORED, StrictIdentity, gates_of
-from epsilon_resnet.networks import ChannelPad, PixelNormalization, build_resnet, cifar_structure
+from epsilon_resnet.networks import ChannelPad, PixelNormalization, build_resnet
+from epsilon_resnet.structures import cifar_structure
 
-# The README's example, verbatim: a user's own residual blocks, each branch behind a gate.
-README_EXAMPLE = '''
-import keras
-import numpy as np
-from epsilon_resnet import gate
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
-inputs = keras.Input((16, 16, 8))
-x = inputs
-for k in range(3):  # three residual blocks; a gate skips a block when every |f| <= epsilon
-    f = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
-    f = keras.layers.Conv2D(8, 3, padding="same")(f)
-    x = gate.StrictIdentity(epsilon=1.0, name=f"block{k}")([x, f])  # x + gate * f
-outputs = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
-model = keras.Model(inputs, outputs)
-model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-model.fit(np.random.rand(64, 16, 16, 8), np.random.randint(0, 10, 64), epochs=2, verbose=0)
-print({g.block: float(g.is_discarded.numpy()) for g in gate.gates_of(model)})
-gate.set_epsilon(model, 2.0)  # every gate's threshold at once
-model.save("gated.keras")     # epsilon and the gates' averages travel with the model
-'''
+
+def readme_example():
+    """The README's example of StrictIdentity in a user's own model, as the README shows it."""
+    with open(README, encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("<!-- gate example: start -->", 1)[1].split("<!-- gate example: end -->", 1)[0]
+    return block.split("```python", 1)[1].split("```", 1)[0]
 
 
 def images(seed, count=4):
@@ -90,7 +82,7 @@ def test_keras_file_round_trip_keeps_outputs_epsilon_and_gate_state(tmp_path):
 def test_readme_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(README_EXAMPLE, namespace)
+    exec(readme_example(), namespace)
     assert len(gate.gates_of(namespace["model"])) == 3
     loaded = keras.models.load_model(tmp_path / "gated.keras")
     assert [g.block for g in gate.gates_of(loaded)] == ["block0", "block1", "block2"]

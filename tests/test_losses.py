@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 from epsilon_resnet import losses
-from epsilon_resnet.networks import build_resnet, cifar_structure, kernels
+from epsilon_resnet.networks import build_resnet, kernels
+from epsilon_resnet.structures import cifar_structure
 
 
 @pytest.mark.parametrize("step, expected", [(0, 2e-4), (479999, 2e-4), (480000, 4e-5), (959999, 4e-5),

@@ -10,12 +10,12 @@ from epsilon_resnet import gate
 from epsilon_resnet.config import ModelConfig
 from epsilon_resnet.errors import ConfigError
 from epsilon_resnet.gate import gates_of
-from epsilon_resnet.networks import (Structure, build_from_config, build_resnet, cifar_structure, imagenet_structure,
-                                     network_parts, side_position, structure_for)
+from epsilon_resnet.networks import build_from_config, build_resnet, network_parts
+from epsilon_resnet.structures import Structure, cifar_structure, imagenet_structure, side_position, structure_for
 
 
 def expected_trainable_params(n, num_classes, side):
-    """Count SPEC §3's CIFAR network by hand: 3×3 convs without bias, BN γ/β, dense with bias."""
+    """Count the CIFAR network of docs/original.md §3 by hand: 3×3 convs without bias, BN γ/β, dense with bias."""
     count = 3 * 3 * 3 * 16 + 2 * 16  # conv0 + its BN
     in_width = 16
     for stage, width in enumerate((16, 32, 64)):

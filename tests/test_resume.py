@@ -154,6 +154,17 @@ def test_last_k_checkpoints_plus_named_steps_are_kept(tmp_path, monkeypatch, cap
     assert "--keep-checkpoints: expected a whole number >= 1, got 0" in capsys.readouterr().err
 
 
+def test_one_checkpoint_per_interval_is_kept_beyond_the_last_k(tmp_path, monkeypatch, tiny_cifar):
+    """tensorpack's saver kept the last 10 checkpoints plus one every 30 minutes: with an interval
+    shorter than an epoch every checkpoint is kept, with a long one only the last K."""
+    monkeypatch.chdir(tmp_path)
+    for name, minutes, expected in (("short", 1e-6, [3, 6, 9]), ("long", 30, [9])):
+        config = write_config(str(tmp_path), tiny_cifar, max_epoch=3, keep_checkpoints=1,
+                              keep_checkpoint_every_minutes=minutes)
+        assert run("--config", config, "-o", name) == 0
+        assert run_folder.steps_in(str(tmp_path / f"train_log.{name}")) == expected
+
+
 @pytest.mark.parametrize("pipelines", [1, 2])
 def test_training_stream_continues_from_any_step(tiny_cifar, pipelines):
     """The stream started at step k gives exactly the batches k, k+1, ... of the stream started at 0,

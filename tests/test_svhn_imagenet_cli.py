@@ -14,7 +14,6 @@ import data_fixtures as fx
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.cli import imagenet_main, svhn_main
-from epsilon_resnet.networks import IMAGENET_DEPTHS
 from cli_helpers import exit_code, snapshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
