@@ -11,6 +11,7 @@ import yaml
 
 from epsilon_resnet import data
 from epsilon_resnet.errors import ConfigError, DataError
+from epsilon_resnet.schedules import EMA_DECAY
 from epsilon_resnet.structures import DATA_FORMATS
 
 
@@ -31,7 +32,7 @@ class ModelConfig:
     gated: bool = True                   # False: the standard pre-activation ResNet baseline
     side_output: bool = True
     side_loss_weight: float = 0.1
-    gate_ema_decay: float = 0.95
+    gate_ema_decay: float = EMA_DECAY
     data_format: str = "channels_last"   # or channels_first (NCHW): faster on GPUs; CPUs need NHWC
 
 

@@ -17,8 +17,9 @@ returns gate·F.
 import keras
 import tensorflow as tf
 
+from epsilon_resnet.schedules import EMA_DECAY
+
 GATE_SLOPE = 1e6  # L: any s above 1/L opens the gate fully; a smaller L leaves it half-open.
-EMA_DECAY = 0.95  # tensorpack's moving-summary decay, which the original's logs (and compression) used.
 # The per-block moving averages, under the original's summary names: 1 − gate, max |F|, mean |F|.
 MONITORED = ("is_discarded", "response_abs_max", "response_mean_max")
 

@@ -6,6 +6,9 @@ from epoch e + 1; a point (0, v) is set before training.
 """
 import math
 
+# tensorpack's moving-summary decay (the gates' averages warm up to it: docs/original.md §1).
+EMA_DECAY = 0.95
+
 # How far below a whole number of blocks discarded_cnt may sit and still count as that many
 # blocks. Each gate's is_discarded is a float32 moving average of 0/1 that stalls a few ulps
 # below 1 once the remaining increments round away (the original's stalled at 0.99999946),

@@ -9,7 +9,6 @@ multi-worker run only the chief writes the run folder.
 """
 import errno
 import json
-import logging
 import math
 import os
 import random

@@ -15,7 +15,7 @@ from epsilon_resnet import compressed_cfg, run_folder
 from epsilon_resnet import compression as C
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import data
-from epsilon_resnet.cli import imagenet_compressed_main
+from epsilon_resnet.cli import imagenet_compressed_main, imagenet_main
 from epsilon_resnet.errors import CompressionError, RunError
 from epsilon_resnet.gate import StrictIdentity, gates_of
 from epsilon_resnet.networks import build_from_config, build_resnet
@@ -440,3 +440,5 @@ def test_imagenet_run_compresses_and_evaluates_top1_and_top5(tmp_path, capsys):
     top1, top5 = capsys.readouterr().out.splitlines()[:2]
     assert top1 == f"Top-1 error: {cfg['check']['compressed_error']}" and top5.startswith("Top-5 error: ")
     assert 0 <= float(top5.split(": ")[1]) <= float(top1.split(": ")[1])
+    assert exit_code(imagenet_main, "--cfg", cfg_path) == 0  # imagenetEpsilonResnet.py --cfg, as in the original
+    assert capsys.readouterr().out.splitlines()[:2] == [top1, top5]
