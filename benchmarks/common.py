@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from scipy import stats  # noqa: E402
 
+from benchmarks import provenance  # noqa: E402
 from epsilon_resnet import config as config_lib  # noqa: E402
 from epsilon_resnet import training  # noqa: E402
 from epsilon_resnet.data import augment  # noqa: E402
@@ -211,9 +212,11 @@ class MachineWatch:
 
 
 def finish(name, parser, args, result, watch):
-    """Add the machine note, print it, and write results/<name>.json when run with default args."""
-    machine = watch.note()
-    result = {"benchmark": name, "args": vars(args), **result, "machine": machine}
+    """Add the date, commit and machine, print the machine note, and write results/<name>.json
+    (atomically) when run with default args."""
+    machine = {**provenance.machine(), **watch.note()}
+    result = {"benchmark": name, "args": vars(args), **result, "date": provenance.now(), **provenance.git_state(),
+              "machine": machine}
     print(f"machine: {machine['cores']} cores, TensorFlow {machine['tensorflow']}; other processes kept "
           f"{machine['other_processes_cpu_share']:.0%} of the cores busy"
           + (" (including the other session's cifarEpsilonResnet training)" if machine["other_training_running"]
@@ -222,8 +225,10 @@ def finish(name, parser, args, result, watch):
     if is_default(parser, args):
         os.makedirs(RESULTS_DIR, exist_ok=True)
         path = os.path.join(RESULTS_DIR, f"{name}.json")
-        with open(path, "w") as f:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
             json.dump(result, f, indent=2)
             f.write("\n")
+        os.replace(tmp, path)
         print(f"wrote {path}")
     return result

@@ -20,12 +20,9 @@ alone (`--render` redoes it), and the figures are drawn from the JSON by scripts
 """
 import argparse
 import dataclasses
-import datetime
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -33,9 +30,12 @@ import sys
 
 import yaml
 
-from epsilon_resnet import config as config_lib  # no TensorFlow: the runs are processes of their own
-from epsilon_resnet import metrics_file
-from epsilon_resnet.errors import ConfigError, Interrupted, RunError, UserError
+# Run as a script (python benchmarks/reproduce_cifar10.py): the repository root makes `benchmarks` importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.provenance import git_state, machine, now  # noqa: E402
+from epsilon_resnet import config as config_lib  # noqa: E402  (no TensorFlow: the runs are processes of their own)
+from epsilon_resnet import metrics_file  # noqa: E402
+from epsilon_resnet.errors import ConfigError, Interrupted, RunError, UserError  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -265,38 +265,6 @@ def parse_error(text):
     """The error printed by cifarCompressedResnet.py ("Error: 0.1916"), None if there is none."""
     match = re.search(r"^Error: ([0-9.eE+-]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else None
-
-
-def git_state():
-    """The commit and the paths that differ from it (tracked or not ignored), or None outside git."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout
-
-    try:
-        return {"commit": git("rev-parse", "HEAD").strip(),
-                "dirty": sorted(line[3:] for line in git("status", "--porcelain").splitlines())}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
-
-
-def machine():
-    """What the CPU times depend on, without the host's name."""
-    model = None
-    if os.path.isfile("/proc/cpuinfo"):
-        model = next((line.split(":", 1)[1].strip() for line in read_text("/proc/cpuinfo").splitlines()
-                      if line.startswith("model name")), None)
-    versions = {}
-    for package in ("tensorflow", "keras"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return {"cores": os.cpu_count(), "cpu_model": model or platform.processor() or None,
-            "system": f"{platform.system()} {platform.machine()}", "python": platform.python_version(), **versions}
-
-
-def now():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---- running the processes --------------------------------------------------------------------
