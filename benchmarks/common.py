@@ -24,7 +24,7 @@ from scipy import stats  # noqa: E402
 
 from benchmarks import provenance  # noqa: E402
 from epsilon_resnet import config as config_lib  # noqa: E402
-from epsilon_resnet import training  # noqa: E402
+from epsilon_resnet import runtime, training  # noqa: E402
 from epsilon_resnet.data import augment  # noqa: E402
 from epsilon_resnet.data.source import ArraySource  # noqa: E402
 
@@ -67,6 +67,7 @@ def cifar_training_step(n, batch, gated, side_output):
     config = config_lib.from_dict({"model": {"n": n, "gated": gated, "side_output": side_output},
                                    "train": {"batch_size": batch, "seed": 0, "steps_per_epoch": 1}})
     with tempfile.TemporaryDirectory(prefix="benchmark-run-") as run_dir:
+        runtime.configure(config.train)  # train.seed: the same initial weights in every variant
         trainer = training.Trainer(config, run_dir, source=source)
         batches = iter(tf.data.Dataset.from_tensors((tf.constant(images, tf.float32), tf.constant(labels))).repeat())
         no_stop = tf.constant(False)
