@@ -10,7 +10,7 @@ import os
 import sys
 
 from epsilon_resnet import console, data, distribute
-from epsilon_resnet.errors import UserError
+from epsilon_resnet.errors import RunError, UserError
 from epsilon_resnet.structures import DATA_FORMATS, IMAGENET_DEPTHS
 
 DATA_FORMAT_FLAGS = dict(zip(("NHWC", "NCHW"), DATA_FORMATS))  # the original's flag values
@@ -198,16 +198,15 @@ def evaluate_checkpoint(config, path):
     from epsilon_resnet import run_folder
     from epsilon_resnet.evaluation import Evaluator
     from epsilon_resnet.gate import epsilon_of
-    from epsilon_resnet.networks import build_from_config
 
-    run_folder.check_checkpoint(path)
-    source = data.get_source(config.data.name, config.data.dir, **config.data.options)
-    model = build_from_config(config.model, source)
+    class DoesNotFit(RunError):
+        """Weights that do not fit the network: here, most likely a wrong -d."""
+
     try:
-        run_folder.restore_model(model, path, exact=False)
-    except UserError as err:
-        raise type(err)(f"{path} is not a checkpoint of this network (ResNet-{config.model.depth}, gated="
-                        f"{config.model.gated}); -d must be the run's depth: {err}") from None
+        source, model = run_folder.load_network(config, path, error=DoesNotFit)
+    except DoesNotFit as err:
+        raise RunError(f"{path} is not a checkpoint of this network (ResNet-{config.model.depth}, gated="
+                       f"{config.model.gated}); -d must be the run's depth: {err}") from None
     errors = Evaluator(model)(source.eval_dataset(config.train.eval_batch_size), config.train.eval_batches)
     epsilon = epsilon_of(model)
     print(f"{path}: ResNet-{config.model.depth}{'' if epsilon is None else f', ε {epsilon:g}'} on "

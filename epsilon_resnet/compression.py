@@ -18,12 +18,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from epsilon_resnet import compressed_cfg, data, run_folder
+from epsilon_resnet import compressed_cfg, run_folder
 from epsilon_resnet.errors import CompressionError
 from epsilon_resnet.evaluation import run_batches, top_k_wrong
 from epsilon_resnet.gate import StrictIdentity, gate_is_open, gates_of, residual_input
 from epsilon_resnet.metrics_file import read_metrics
-from epsilon_resnet.networks import build_from_config, build_resnet, network_parts
+from epsilon_resnet.networks import build_resnet, network_parts
 from epsilon_resnet.structures import Structure, structure_for
 
 RULES = ("gates", "ema")
@@ -216,10 +216,7 @@ def load_gated(run_dir, step, data_dir=None, source=None):
     if not config.model.gated:
         raise CompressionError(f"{run_dir} trained a plain ResNet (model.gated: false): it has no gates to compress")
     checkpoint = run_folder.checkpoint_path(run_dir, step)
-    run_folder.check_checkpoint(checkpoint)
-    source = source or data.get_source(config.data.name, data_dir or config.data.dir, **config.data.options)
-    gated = build_from_config(config.model, source)
-    run_folder.restore_model(gated, checkpoint, exact=False, error=CompressionError)  # ε and pixel mean too
+    source, gated = run_folder.load_network(config, checkpoint, data_dir, source, error=CompressionError)
     return config, source, gated, checkpoint
 
 

@@ -18,7 +18,9 @@ import tempfile
 import tensorflow as tf
 
 from epsilon_resnet import config as config_lib
+from epsilon_resnet import data
 from epsilon_resnet.errors import CompressionError, RunError
+from epsilon_resnet.networks import build_from_config
 
 CHECKPOINT_NAME = "model"
 KEPT_FOLDER = "kept"
@@ -154,3 +156,17 @@ def restore_model(model, path, exact, error=RunError):
             status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as err:
         raise error(f"the weights in {path} do not fit the network {model.name!r}: {err}") from None
+
+
+def load_network(config, checkpoint, data_dir=None, source=None, error=RunError):
+    """(data source, the config's network with a checkpoint's weights), for evaluating or
+    compressing it: ε, the gate averages and the pixel mean come from the checkpoint.
+
+    The checkpoint is checked before the dataset is opened; `source` replaces the config's
+    dataset (tests), `data_dir` its folder.
+    """
+    check_checkpoint(checkpoint)
+    source = source or data.get_source(config.data.name, data_dir or config.data.dir, **config.data.options)
+    model = build_from_config(config.model, source)
+    restore_model(model, checkpoint, exact=False, error=error)
+    return source, model
