@@ -2,7 +2,7 @@
 
     python benchmarks/reproduce_cifar10.py [--data DIR] [--workdir DIR] [--results DIR] [--jobs K]
     python benchmarks/reproduce_cifar10.py --quick --workdir W --results R   # the whole protocol in minutes
-    python benchmarks/reproduce_cifar10.py --render benchmarks/results/cifar10_reproduction.json
+    python benchmarks/reproduce_cifar10.py --render benchmarks/results/cifar10_reproduction.json --readme README.md
 
 The protocol is the YAML file given by --protocol (configs/cifar10-repro-protocol.yaml; its
 comments say what each step does). Every run is made only through the command lines, in a
@@ -57,6 +57,7 @@ SELECTION_RULE = (
     "chosen (a tie goes to the larger ε). If none is eligible: among the ε within the error bound, the one "
     "removing the most blocks on average (a tie goes to the lower error); if no ε is within the error "
     "bound, the one with the lowest mean held-out error (a tie goes to the larger ε).")
+README_BEGIN, README_END = "<!-- reproduction: begin -->", "<!-- reproduction: end -->"
 PROTOCOL_KEYS = {"plain", "eps", "overrides", "selection", "final", "targets", "budget_cpu_minutes",
                  "data_provenance", "notes"}
 
@@ -414,6 +415,10 @@ def compression_record(run, entry, last):
         "macs": {"full": cost["full"]["macs"], "compressed": cost["compressed"]["macs"]},
         "check": {key: check.get(key) for key in ("max_abs_logit_difference", "gated_error", "compressed_error",
                                                   "images")},
+        # Where the two networks part: gates the .cfg check saw open or closed against the decision.
+        "removed_but_opened": list(check.get("discarded_blocks_opened") or []),
+        "kept_but_closed": list(check.get("kept_blocks_closed") or []),
+        "flickering": [{"block": f["block"], "closed_rate": f["closed_rate"]} for f in cfg.get("flickering_blocks") or []],
         "compressed_error": compressed_error,
         # Lossless: as many wrong images as the gated network at the same step, on the same images.
         "lossless": round(compressed_error * check["images"]) == round(last["val_error"] * check["images"]),
@@ -694,7 +699,7 @@ def render_final(results):
 def render_runs(results):
     lines = ["### Every run", "",
              row("run", "evaluated on", "seed", "ε", "CPU-minutes", "error", "closed at the end", "blocks removed",
-                 "compressed error", "max logit difference", "lossless", "this invocation"),
+                 "compressed error", "max logit difference", "lossless", "training sessions"),
              row(*["---"] * 12)]
     for r in results["runs"]:
         c = r["compression"]
@@ -702,8 +707,29 @@ def render_runs(results):
                                              f"{c['check']['max_abs_logit_difference']:.3g}", yes_no(c["lossless"])]
         lines.append(row(r["name"], "held-out" if r["split"] == "holdout" else "test", r["seed"], f"{r['epsilon']:g}",
                          f"{r['training']['cpu_minutes']:.1f}", pct(r["error"]), count(r["closed_at_end"] or 0),
-                         *after, r["training"]["this_invocation"]))
-    return "\n".join(lines + ["", render_provenance(results)])
+                         *after, len(r["training"]["sessions"])))
+    return "\n".join(lines + ["", render_disagreements(results), "", render_provenance(results)])
+
+
+def render_disagreements(results):
+    """Per compressed run, the gates that made the gated network differ from the compressed one."""
+    lines = []
+    for r in results["runs"]:
+        c = r["compression"]
+        if c is None or not (c["removed_but_opened"] or c["kept_but_closed"]):
+            continue
+        parts = [f"removed {', '.join(c['removed_but_opened'])} opened" if c["removed_but_opened"] else "",
+                 f"kept {', '.join(c['kept_but_closed'])} closed" if c["kept_but_closed"] else ""]
+        flicker = ", ".join(f"{f['block']} {f['closed_rate']:.0%}" for f in c["flickering"])
+        lines.append(f"- {r['name']}: {' and '.join(p for p in parts if p)} on some "
+                     f"{'held-out' if r['split'] == 'holdout' else 'test'} batch"
+                     + (f" (closed on this share of the training batches compressModel.py read: {flicker})"
+                        if flicker else ""))
+    if not lines:
+        return "In every compressed run the gates were closed on every evaluated batch exactly for the removed blocks."
+    return "\n".join(["Where a compressed network differs from its gated network: the gate decides per batch (max|F| "
+                      "over the batch against ε), and on these evaluated batches it decided otherwise than on the "
+                      "training batches compressModel.py read:", "", *lines])
 
 
 def render_provenance(results):
@@ -715,7 +741,8 @@ def render_provenance(results):
                        f"{s['machine']['tensorflow']}" for s in sessions})
     return (f"Trained at commit {', '.join(commits)}; on {'; '.join(machines)}; from "
             f"{min(s['started'] for s in sessions)} to {max(s['ended'] for s in sessions)}. \"closed at the end\" is "
-            "discarded_cnt after the last epoch; CPU-minutes are user + sys of the training processes. Every run's "
+            "discarded_cnt after the last epoch; CPU-minutes are user + sys of the training processes (a run resumed "
+            "after a stop has more than one training session). Every run's "
             f"config, curves and training sessions are in `{results['files']['json']}`.")
 
 
@@ -811,6 +838,16 @@ def render_file(json_path):
     return md_path
 
 
+def splice_readme(readme_path, markdown):
+    """Put the Markdown between the README's two reproduction markers, replacing what was there."""
+    text = read_text(readme_path)
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        raise RunError(f"{readme_path} has no section between the lines {README_BEGIN!r} and {README_END!r}: "
+                       "add them where the reproduction goes")
+    write_atomic(readme_path, text[:begin + len(README_BEGIN)] + "\n" + markdown + text[end:])
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="The CIFAR-10 reproduction: ε chosen on held-out images, plain "
                                                  "and ε-ResNet trained with several seeds, compressed, scored on "
@@ -832,6 +869,8 @@ def parse_args(argv):
                                                              "ResNet-8 for one epoch: minutes, numbers meaningless")
     parser.add_argument("--render", metavar="JSON", help="only write the Markdown beside this results file, "
                                                          "rendered from it")
+    parser.add_argument("--readme", metavar="PATH", help=f"also put the Markdown into PATH (e.g. README.md), "
+                                                         f"between the lines {README_BEGIN} and {README_END}")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -866,13 +905,15 @@ def main(argv=None):
     command = " ".join(["python", "benchmarks/reproduce_cifar10.py", *(sys.argv[1:] if argv is None else argv)])
     try:
         if args.render:
-            print(f"wrote {render_file(args.render)}")
-            return
-        json_path, md_path = reproduce(args, command)
+            json_path, md_path = args.render, render_file(args.render)
+        else:
+            json_path, md_path = reproduce(args, command)
+            print(read_text(md_path))
+        if args.readme:
+            splice_readme(args.readme, read_text(md_path))
     except (UserError, OSError, subprocess.CalledProcessError) as err:
         sys.exit(f"error: {err}")
-    print(read_text(md_path))
-    print(f"wrote {json_path} and {md_path}")
+    print(f"wrote {md_path}{f' and its section of {args.readme}' if args.readme else ''} from {json_path}")
 
 
 if __name__ == "__main__":

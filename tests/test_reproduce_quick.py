@@ -91,9 +91,12 @@ FAKE_COMPRESS = textwrap.dedent('''
     a = p.parse_args()
     last = [json.loads(line) for line in open(os.path.join(a.dir, "metrics.jsonl"))][-1]
     blocks = [k.split("/")[0] for k, v in last.items() if k.endswith("/is_discarded") and v == 1.0]
+    differs = last["epsilon"] == 3.0  # the evaluation adds 0.001: one removed gate opened on a batch
     cfg = {"discarded_blocks": blocks, "warnings": [],
+           "flickering_blocks": [{"block": "res1.0", "closed_rate": 0.95, "max_abs": 3.2}] if differs else [],
            "check": {"max_abs_logit_difference": 0.0, "gated_error": last["val_error"],
-                     "compressed_error": last["val_error"], "images": 10000},
+                     "compressed_error": last["val_error"], "images": 10000,
+                     "discarded_blocks_opened": blocks[:1] if differs else [], "kept_blocks_closed": []},
            "cost": {"full": {"params": 1000, "macs": 9000},
                     "compressed": {"params": 1000 - 100 * len(blocks), "macs": 9000 - 1000 * len(blocks)}},
            "epsilon": last["epsilon"], "error": last["val_error"]}
@@ -163,6 +166,11 @@ def test_protocol_chooses_on_held_out_data_and_trains_the_choice(fake_protocol, 
     assert open(tmp_path / "results" / "cifar10_reproduction.md").read() == repro.render_markdown(results)
     assert all(os.path.isfile(tmp_path / "results" / path) for path in results["figures"]["files"])
     assert "**Chosen: ε = 2**" in repro.render_markdown(results)
+    opened = runs["select-eps3-s1"]["compression"]
+    assert opened["removed_but_opened"] == ["res1.0"] and opened["flickering"] == [{"block": "res1.0",
+                                                                                   "closed_rate": 0.95}]
+    assert ("- select-eps3-s1: removed res1.0 opened on some held-out batch (closed on this share of the training "
+            "batches compressModel.py read: res1.0 95%)") in repro.render_markdown(results)
 
 
 def test_rerun_resumes_the_unfinished_and_skips_the_finished(fake_protocol, tmp_path):
@@ -202,6 +210,32 @@ def test_render_rewrites_the_markdown_from_the_json(fake_protocol, tmp_path):
     assert md.read_text() == text
 
 
+def test_readme_splice_replaces_only_the_marked_section(fake_protocol, tmp_path):
+    fake_protocol()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{repro.README_BEGIN}\nold table\n{repro.README_END}\n\n## next\n")
+    json_path = tmp_path / "results" / "cifar10_reproduction.json"
+    repro.main(["--render", str(json_path), "--readme", str(readme)])
+    markdown = (tmp_path / "results" / "cifar10_reproduction.md").read_text()
+    assert readme.read_text() == f"# title\n\n{repro.README_BEGIN}\n{markdown}{repro.README_END}\n\n## next\n"
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="no section between"):
+        repro.main(["--render", str(json_path), "--readme", str(readme)])
+    assert readme.read_text() == "# no markers\n"
+
+
+def test_readme_section_is_the_committed_results_rendered():
+    """The README's reproduction is the Markdown of benchmarks/results/cifar10_reproduction.json, unedited."""
+    with open(os.path.join(repro.REPO, "benchmarks", "results", f"{repro.RESULTS_NAME}.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    with open(os.path.join(repro.REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme[readme.index(repro.README_BEGIN) + len(repro.README_BEGIN) + 1:readme.index(repro.README_END)]
+    assert section == repro.render_markdown(results)
+    for path in results["figures"]["files"]:
+        assert os.path.isfile(os.path.join(repro.REPO, path)), path
+
+
 # ---- the real command lines -------------------------------------------------------------------------
 def check_structure(results):
     """The results file holds every run with what the README's table and figures are made from."""
@@ -218,7 +252,8 @@ def check_structure(results):
         assert len(run["curves"]["epoch"]) == run["epochs"] == 1 and run["blocks"] == len(run["gates"]) == 3
         if run["compression"] is not None:
             c = run["compression"]
-            assert {"discarded_blocks", "params", "macs", "check", "compressed_error", "lossless"} <= set(c)
+            assert {"discarded_blocks", "params", "macs", "check", "compressed_error", "lossless",
+                    "removed_but_opened", "kept_but_closed", "flickering"} <= set(c)
             assert c["params"]["compressed"] <= c["params"]["full"] and c["macs"]["compressed"] <= c["macs"]["full"]
     assert len(results["targets"]) == 4 and all(isinstance(t["met"], bool) for t in results["targets"])
 
