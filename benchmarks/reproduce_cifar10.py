@@ -567,7 +567,8 @@ def in_points(fraction):
 
 
 def count(x):
-    return f"{x:,.0f}" if float(x).is_integer() else f"{x:,.2f}"
+    """Blocks and depths with two decimals when not whole; parameter counts as whole numbers."""
+    return f"{x:,.0f}" if float(x).is_integer() or abs(x) >= 100 else f"{x:,.2f}"
 
 
 def millions(x):
@@ -767,7 +768,7 @@ def prepare_data(data_dir, workdir, quick=False):
             raise RunError(f"{data_dir} has no cifar-10-batches-py and {MAKE_CIFAR10} is missing: give --data")
         print(f"making CIFAR-10 in {data_dir}", flush=True)
         subprocess.run([sys.executable, MAKE_CIFAR10, "--out", data_dir], check=True)
-    return data_dir, f"made by {shown(MAKE_CIFAR10)}"
+    return data_dir, "made by ../shared/data/cifar10/make_cifar10.py"
 
 
 def data_record(data_dir, how, protocol):
