@@ -224,12 +224,7 @@ def finish(name, parser, args, result, watch):
              else "")
           + (": SHARED machine" if machine["shared"] else ": not shared"))
     if is_default(parser, args):
-        os.makedirs(RESULTS_DIR, exist_ok=True)
         path = os.path.join(RESULTS_DIR, f"{name}.json")
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        provenance.write_atomic(path, json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
     return result

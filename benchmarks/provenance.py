@@ -1,5 +1,6 @@
 """Where a benchmark's numbers come from: date, commit (and what differed from it) and the
-machine, without the host's name; no TensorFlow, so the reproduction driver can use it too."""
+machine, without the host's name; and writing a results file so that no reader sees half of it.
+No TensorFlow, so the reproduction driver can use it too."""
 import datetime
 import importlib.metadata
 import os
@@ -39,3 +40,12 @@ def machine():
 
 def now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def write_atomic(path, text):
+    """Write beside the target, then rename: a reader never sees half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -32,7 +32,7 @@ import yaml
 
 # Run as a script (python benchmarks/reproduce_cifar10.py): the repository root makes `benchmarks` importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.provenance import git_state, machine, now  # noqa: E402
+from benchmarks.provenance import git_state, machine, now, write_atomic  # noqa: E402
 from epsilon_resnet import config as config_lib  # noqa: E402  (no TensorFlow: the runs are processes of their own)
 from epsilon_resnet import metrics_file  # noqa: E402
 from epsilon_resnet.errors import ConfigError, Interrupted, RunError, UserError  # noqa: E402
@@ -195,15 +195,6 @@ def sha256_file(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_atomic(path, text):
-    """Write beside the target, then rename: a reader never sees half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def read_metrics(run_dir):
