@@ -710,10 +710,10 @@ def render_disagreements(results):
         c = r["compression"]
         if c is None or not (c["removed_but_opened"] or c["kept_but_closed"]):
             continue
-        parts = [f"removed {', '.join(c['removed_but_opened'])} opened" if c["removed_but_opened"] else "",
-                 f"kept {', '.join(c['kept_but_closed'])} closed" if c["kept_but_closed"] else ""]
+        parts = [f"{kind} {', '.join(blocks)} {became}" for kind, blocks, became in (
+            ("removed", c["removed_but_opened"], "opened"), ("kept", c["kept_but_closed"], "closed")) if blocks]
         flicker = ", ".join(f"{f['block']} {f['closed_rate']:.0%}" for f in c["flickering"])
-        lines.append(f"- {r['name']}: {' and '.join(p for p in parts if p)} on some "
+        lines.append(f"- {r['name']}: {' and '.join(parts)} on some "
                      f"{'held-out' if r['split'] == 'holdout' else 'test'} batch"
                      + (f" (closed on this share of the training batches compressModel.py read: {flicker})"
                         if flicker else ""))
@@ -830,14 +830,20 @@ def render_file(json_path):
     return md_path
 
 
-def splice_readme(readme_path, markdown):
-    """Put the Markdown between the README's two reproduction markers, replacing what was there."""
-    text = read_text(readme_path)
-    begin, end = text.find(README_BEGIN), text.find(README_END)
+def readme_section(text, readme_path):
+    """(start, end) of what lies between the README's two reproduction marker lines."""
+    begin, end = text.find(README_BEGIN + "\n"), text.find(README_END)
     if begin < 0 or end < begin:
         raise RunError(f"{readme_path} has no section between the lines {README_BEGIN!r} and {README_END!r}: "
                        "add them where the reproduction goes")
-    write_atomic(readme_path, text[:begin + len(README_BEGIN)] + "\n" + markdown + text[end:])
+    return begin + len(README_BEGIN) + 1, end
+
+
+def splice_readme(readme_path, markdown):
+    """Put the Markdown between the README's two reproduction markers, replacing what was there."""
+    text = read_text(readme_path)
+    start, end = readme_section(text, readme_path)
+    write_atomic(readme_path, text[:start] + markdown + text[end:])
 
 
 def parse_args(argv):

@@ -230,8 +230,8 @@ def test_readme_section_is_the_committed_results_rendered():
         results = json.load(f)
     with open(os.path.join(repro.REPO, "README.md"), encoding="utf-8") as f:
         readme = f.read()
-    section = readme[readme.index(repro.README_BEGIN) + len(repro.README_BEGIN) + 1:readme.index(repro.README_END)]
-    assert section == repro.render_markdown(results)
+    start, end = repro.readme_section(readme, "README.md")
+    assert readme[start:end] == repro.render_markdown(results)
     for path in results["figures"]["files"]:
         assert os.path.isfile(os.path.join(repro.REPO, path)), path
 
