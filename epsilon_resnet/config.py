@@ -11,7 +11,7 @@ import yaml
 
 from epsilon_resnet import data
 from epsilon_resnet.errors import ConfigError, DataError
-from epsilon_resnet.schedules import EMA_DECAY
+from epsilon_resnet.schedules import EMA_DECAY, GATE_INFERENCE_MODES
 from epsilon_resnet.structures import DATA_FORMATS
 
 
@@ -33,6 +33,7 @@ class ModelConfig:
     side_output: bool = True
     side_loss_weight: float = 0.1
     gate_ema_decay: float = EMA_DECAY
+    gate_inference: str = "stored"       # the gates at inference: stored (from training) or per_batch (the original)
     data_format: str = "channels_last"   # or channels_first (NCHW): faster on GPUs; CPUs need NHWC
 
 
@@ -170,6 +171,9 @@ def validate(config, source="config"):
     epsilons = [config.model.epsilon] + [eps for _, eps in config.model.epsilon_schedule]
     if any(eps < 0 for eps in epsilons):
         raise ConfigError(f"{source}: ε must be >= 0 (a block is discarded when every |F| <= ε), got {epsilons}")
+    if config.model.gate_inference not in GATE_INFERENCE_MODES:
+        raise ConfigError(f"{source}: model.gate_inference must be one of {GATE_INFERENCE_MODES}, "
+                          f"got {config.model.gate_inference!r}")
     if config.model.data_format not in DATA_FORMATS:
         raise ConfigError(f"{source}: model.data_format must be one of {DATA_FORMATS}, "
                           f"got {config.model.data_format!r}")

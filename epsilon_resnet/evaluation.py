@@ -4,11 +4,17 @@ with --eval, the compressed one, and the two side by side in compression's lossl
 Errors are top-k misses as tensorpack counted them (`in_top_k`: a label tied with the k-th
 largest logit counts as a hit); every sum is taken over whole batches and divided by the
 number of images at the end, so a short last batch weighs what its images weigh.
+
+A gated network is scored twice: val_error and the others with its gates as they are at
+inference (by default the decision stored in training: the deployable network), and
+val_error_per_batch with the original's per-batch gates, whose answer for an image depends on
+the batch it is evaluated in (comparable with the paper's errors at the same batch size).
 """
 import keras
 import tensorflow as tf
 
 from epsilon_resnet.errors import Interrupted, RunError
+from epsilon_resnet.gate import gates_of, per_batch_inference
 
 
 def top_k_wrong(logits, labels, k=1):
@@ -56,14 +62,23 @@ def run_batches(step, batches, max_batches=None, stop=None):
 
 
 class Evaluator:
-    """A model's validation metrics over a dataset, from one compiled step."""
+    """A model's validation metrics over a dataset, from one compiled step (plus
+    val_error_per_batch for a gated model)."""
 
     def __init__(self, model, jit_compile=False):
         self.model = model
+        self.gates = gates_of(model) if isinstance(model, keras.Model) else []  # or any callable
         self.step = tf.function(self._sums, jit_compile=jit_compile, reduce_retracing=True)
 
     def _sums(self, images, labels):
-        return batch_sums(self.model(images, training=False), labels)
+        sums = batch_sums(self.model(images, training=False), labels)
+        if not self.gates:
+            return sums
+        if all(gate.inference == "per_batch" for gate in self.gates):
+            return {**sums, "val_error_per_batch": sums["val_error"]}
+        with per_batch_inference(self.model):
+            logits = self.model(images, training=False)["logits"]
+        return {**sums, "val_error_per_batch": tf.reduce_sum(top_k_wrong(logits, labels))}
 
     def __call__(self, batches, max_batches=None, stop=None):
         """{metric: mean over the images} of the batches (or their first max_batches)."""

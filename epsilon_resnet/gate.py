@@ -10,18 +10,30 @@ and the block outputs sc(x) + gate·F(x). The huge slope L turns the ReLUs into 
 function. When the gate is 0 no gradient reaches the block's weights except weight decay,
 which drives them to zero, so a closed block stays closed.
 
+At inference (training=False) the gate does not look at the batch: like batch normalization,
+it uses what training stored. A block is closed at inference when its is_discarded moving
+average is at least 1/2, i.e. when it was closed on the (decay-weighted) majority of the recent
+training steps (`closed_at_inference`; docs/tensorflow.md, "The gate at inference", gives the
+evidence for this rule). So an image's logits do not depend on the other images of its batch,
+and the network at inference is exactly the plain network without those blocks. The original's
+per-batch gate at inference stays available as the layer's `inference="per_batch"` (or for one
+evaluation, `per_batch_inference`).
+
 `StrictIdentity` is an ordinary, serializable Keras layer. Called on `[shortcut, F]` it
 returns the whole block output (the cheaper form, used by `networks`); called on `F` alone it
 returns gate·F.
 """
+import contextlib
+
 import keras
 import tensorflow as tf
 
-from epsilon_resnet.schedules import EMA_DECAY
+from epsilon_resnet.schedules import EMA_DECAY, GATE_INFERENCE_MODES
 
 GATE_SLOPE = 1e6  # L: any s above 1/L opens the gate fully; a smaller L leaves it half-open.
 # The per-block moving averages, under the original's summary names: 1 − gate, max |F|, mean |F|.
 MONITORED = ("is_discarded", "response_abs_max", "response_mean_max")
+CLOSED_AT_INFERENCE = 0.5  # the is_discarded average from which a block is closed at inference
 
 
 def gate_is_open(max_abs, epsilon):
@@ -111,10 +123,13 @@ class StrictIdentity(keras.layers.Layer):
     looked for.
     """
 
-    def __init__(self, epsilon=0.0, block=None, ema_decay=EMA_DECAY, **kwargs):
+    def __init__(self, epsilon=0.0, block=None, ema_decay=EMA_DECAY, inference="stored", **kwargs):
         super().__init__(**kwargs)
         if float(epsilon) < 0:
             raise ValueError(f"epsilon must be >= 0, got {float(epsilon)}")
+        if inference not in GATE_INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {GATE_INFERENCE_MODES}, got {inference!r}")
+        self.inference = inference
         self.initial_epsilon = float(epsilon)
         self.block = block or self.name  # the user-facing block name, e.g. "res2.9" or "group2/block9"
         self.ema_decay = float(ema_decay)
@@ -131,6 +146,8 @@ class StrictIdentity(keras.layers.Layer):
 
     def call(self, inputs, training=False):
         shortcut, residual = inputs if isinstance(inputs, (list, tuple)) else (None, inputs)
+        if not training and self.inference == "stored":
+            return self.stored_gate_call(shortcut, residual)
         max_abs, mean_abs = branch_statistics(residual, training)
         gate = gate_is_open(max_abs, self.epsilon)
         if training:
@@ -138,6 +155,17 @@ class StrictIdentity(keras.layers.Layer):
         if shortcut is None:
             return residual * tf.cast(gate, residual.dtype)
         return gated_sum(shortcut, residual, gate)
+
+    def stored_gate_call(self, shortcut, residual):
+        """The inference-time block output, with the gate that training stored (no batch statistic)."""
+        gate = tf.where(self.is_discarded >= CLOSED_AT_INFERENCE, 0.0, 1.0)
+        if shortcut is None:
+            return residual * tf.cast(gate, residual.dtype)
+        return gated_sum(shortcut, residual, gate)
+
+    def closed_at_inference(self):
+        """Whether this block is skipped at inference (in "stored" mode), as a Python bool."""
+        return bool(float(self.is_discarded.numpy()) >= CLOSED_AT_INFERENCE)
 
     def update_monitors(self, values):
         decay = moving_average_decay(self.ema_decay, self.updates)
@@ -148,7 +176,8 @@ class StrictIdentity(keras.layers.Layer):
 
     def get_config(self):
         epsilon = float(self.epsilon.numpy()) if self.built else self.initial_epsilon
-        return {**super().get_config(), "epsilon": epsilon, "block": self.block, "ema_decay": self.ema_decay}
+        return {**super().get_config(), "epsilon": epsilon, "block": self.block, "ema_decay": self.ema_decay,
+                "inference": self.inference}
 
 
 def gates_of(model):
@@ -160,6 +189,24 @@ def gates_of(model):
         elif isinstance(layer, keras.Model):
             gates.extend(gates_of(layer))
     return gates
+
+
+@contextlib.contextmanager
+def per_batch_inference(model):
+    """Within the block, the model's gates decide per batch at inference, as the original's did.
+
+    It acts when a call is traced (eager calls and tf.function traces made inside the block),
+    so a tf.function that should always use it enters it in its own body.
+    """
+    gates = gates_of(model)
+    modes = [gate.inference for gate in gates]
+    for gate in gates:
+        gate.inference = "per_batch"
+    try:
+        yield model
+    finally:
+        for gate, mode in zip(gates, modes):
+            gate.inference = mode
 
 
 def set_epsilon(model, value):

@@ -174,11 +174,12 @@ class _Builder:
 
 
 def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilon=0.0, ema_decay=EMA_DECAY,
-                 pixel_mean=None, pixel_scale=None, image_shape=None, name=None, data_format="channels_last"):
+                 gate_inference="stored", pixel_mean=None, pixel_scale=None, image_shape=None, name=None, data_format="channels_last"):
     """Build a pre-activation ResNet; outputs {"logits"} and, with side_output, {"side_logits"}.
 
     With `gated`, every real block ends in a StrictIdentity gate (threshold `epsilon`,
-    monitoring decay `ema_decay`) that adds the gated branch to the shortcut; read and set ε
+    monitoring decay `ema_decay`, inference mode `gate_inference`, see schedules.GATE_INFERENCE_MODES) that
+    adds the gated branch to the shortcut; read and set ε
     with `gate.epsilon_of` / `gate.set_epsilon`. `pixel_mean` and `pixel_scale` (a data
     source's, broadcast to a per-pixel mean on CIFAR and per-channel constants on ImageNet;
     None: 0 and 1) normalise the raw 0–255 input inside the model.
@@ -197,7 +198,7 @@ def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilo
     if side_at is not None and not (0 <= side_at[1] < structure.stage_units[side_at[0]]):
         raise ValueError(f"side head position {side_at} lies outside stage_units={list(structure.stage_units)}")
 
-    builder = _Builder(structure, data_format, dict(epsilon=epsilon, ema_decay=ema_decay) if gated else None)
+    builder = _Builder(structure, data_format, dict(epsilon=epsilon, ema_decay=ema_decay, inference=gate_inference) if gated else None)
     images = keras.Input(image_shape, name="images")
     x = builder.stem(images, pixel_mean, pixel_scale)
     outputs = {}
@@ -219,6 +220,7 @@ def build_from_config(model_config, source):
     return build_resnet(structure_for(model_config, source.family), source.num_classes,
                         gated=model_config.gated, side_output=model_config.side_output,
                         epsilon=model_config.epsilon, ema_decay=model_config.gate_ema_decay,
+                        gate_inference=model_config.gate_inference,
                         pixel_mean=source.pixel_mean, pixel_scale=source.pixel_scale,
                         image_shape=source.image_shape, data_format=model_config.data_format)
 

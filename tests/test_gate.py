@@ -46,10 +46,11 @@ def test_gate_matches_numpy_reference_around_epsilon(eps, offset):
     expected_gate = reference_gate(f, np.float32(eps))
     # Just above ε (by 1e-3 ≫ 1/L) the gate is open; at or below ε it is closed.
     assert expected_gate == (1.0 if max_abs > eps else 0.0)
-    for training in (False, True):
-        branch = StrictIdentity(eps)(tf.constant(f), training=training).numpy()
+    for training in (False, True):  # the per-batch gate, at inference as in training
+        branch = StrictIdentity(eps, inference="per_batch")(tf.constant(f), training=training).numpy()
         np.testing.assert_allclose(branch, expected_gate * f, rtol=1e-6, atol=0)
-        block = StrictIdentity(eps)([tf.constant(shortcut), tf.constant(f)], training=training).numpy()
+        block = StrictIdentity(eps, inference="per_batch")([tf.constant(shortcut), tf.constant(f)],
+                                                           training=training).numpy()
         np.testing.assert_allclose(block, shortcut + expected_gate * f, rtol=1e-6, atol=1e-7)
     assert float(gate_lib.gate_is_open(np.abs(f).max(), eps)) == expected_gate
 
@@ -74,11 +75,13 @@ def test_gate_is_zero_for_all_zero_branch_even_with_eps_zero():
 
 
 def test_gate_looks_at_the_whole_batch():
-    """One image above ε keeps the block open for every image of the batch."""
+    """Per batch, one image above ε keeps the block open for every image of the batch."""
     f = np.full((3, 4, 4, 2), 0.1, np.float32)
     f[2, 1, 1, 1] = -3.0
-    np.testing.assert_array_equal(StrictIdentity(2.5)(tf.constant(f)).numpy(), f)
-    assert not StrictIdentity(2.5)(tf.constant(f[:2])).numpy().any()
+    for training, inference in ((True, "stored"), (False, "per_batch")):
+        layer = StrictIdentity(2.5, inference=inference)
+        np.testing.assert_array_equal(layer(tf.constant(f), training=training).numpy(), f)
+        assert not layer(tf.constant(f[:2]), training=training).numpy().any()
 
 
 def numpy_moving_averages(values, decay=0.95):
@@ -227,7 +230,8 @@ def test_gradient_of_the_block_is_the_gate_on_the_branch_and_one_on_the_shortcut
 
 def test_residual_input_is_the_branch_the_gate_decides_on():
     keras.utils.set_random_seed(4)
-    model = build_resnet(cifar_structure(2), 10, epsilon=0.0, pixel_mean=127.0, pixel_scale=1 / 128)
+    model = build_resnet(cifar_structure(2), 10, epsilon=0.0, gate_inference="per_batch", pixel_mean=127.0,
+                         pixel_scale=1 / 128)
     gates = gates_of(model)
     assert gate_lib.residual_input(gates[0]) is model.get_layer("res1.0_conv2").output
     probe = keras.Model(model.input, [gate_lib.residual_input(g) for g in gates])
@@ -246,12 +250,14 @@ def test_residual_input_is_the_branch_the_gate_decides_on():
 
 
 def test_layer_config_round_trip():
-    layer = StrictIdentity(1.5, block="group2/block9", ema_decay=0.9, name="group2_block9_gate")
+    layer = StrictIdentity(1.5, block="group2/block9", ema_decay=0.9, inference="per_batch", name="group2_block9_gate")
     layer.build((None, 4))
     layer.epsilon.assign(2.5)  # the config carries the current ε
     clone = StrictIdentity.from_config(layer.get_config())
     clone.build((None, 4))
-    assert (clone.block, clone.ema_decay, clone.name, float(clone.epsilon.numpy())) == (
-        "group2/block9", 0.9, "group2_block9_gate", 2.5)
+    assert (clone.block, clone.ema_decay, clone.inference, clone.name, float(clone.epsilon.numpy())) == (
+        "group2/block9", 0.9, "per_batch", "group2_block9_gate", 2.5)
     with pytest.raises(ValueError, match=">= 0"):
         StrictIdentity(-0.5)
+    with pytest.raises(ValueError, match="inference must be one of"):
+        StrictIdentity(1.0, inference="batch")

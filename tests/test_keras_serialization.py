@@ -34,9 +34,9 @@ def decisions(model, batch):
 
 
 def mixed_gates_model():
-    """A gated ResNet with a side head whose common ε closes some gates and leaves others open,
-    after a few training-mode passes (so the moving averages and BN statistics are not at
-    their start)."""
+    """A gated ResNet with a side head whose common ε closes some gates and leaves others open on
+    a batch, after a few training-mode passes (so the moving averages and BN statistics are not
+    at their start); the gates closed on the batch are closed at inference too (is_discarded)."""
     keras.utils.set_random_seed(1)
     model = build_resnet(cifar_structure(2), 10, epsilon=0.0, pixel_mean=125.0, pixel_scale=1 / 128)
     for seed in range(3):
@@ -46,6 +46,8 @@ def mixed_gates_model():
     for eps in sorted(float(np.abs(f).max()) for f in probe(batch)):  # the first ε that gives a mix
         gate.set_epsilon(model, eps)
         if set(decisions(model, batch)) == {0.0, 1.0}:
+            for g, is_open in zip(gates_of(model), decisions(model, batch)):
+                g.is_discarded.assign(1.0 - is_open)
             return model, batch
     raise AssertionError("no common ε closes some gates and leaves others open")
 
@@ -68,6 +70,7 @@ def test_keras_file_round_trip_keeps_outputs_epsilon_and_gate_state(tmp_path):
         for name in MONITORED + ("updates",):
             assert getattr(restored, name).numpy() == getattr(original, name).numpy(), (original.block, name)
     assert decisions(loaded, batch) == decisions(model, batch)
+    assert [g.closed_at_inference() for g in gates_of(loaded)] == [not d for d in decisions(model, batch)]
     expected, got = model(batch, training=False), loaded(batch, training=False)
     assert set(got) == {"logits", "side_logits"}
     for key in expected:
