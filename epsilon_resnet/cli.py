@@ -11,6 +11,7 @@ import sys
 
 from epsilon_resnet import console, data, distribute
 from epsilon_resnet.errors import RunError, UserError
+from epsilon_resnet.schedules import GATE_INFERENCE_MODES
 from epsilon_resnet.structures import DATA_FORMATS, IMAGENET_DEPTHS
 
 DATA_FORMAT_FLAGS = dict(zip(("NHWC", "NCHW"), DATA_FORMATS))  # the original's flag values
@@ -65,6 +66,10 @@ def training_parser(description, batch_help):
     parser.add_argument("--batch-size", type=positive, help=batch_help)
     parser.add_argument("--eval-batches", type=positive, metavar="K",
                         help="validate on the first K batches only (quick runs; default: the whole validation set)")
+    parser.add_argument("--gate-inference", choices=GATE_INFERENCE_MODES,
+                        help="the gates at inference (val_error, --eval): stored, the decision training stored in "
+                             "them (default), or per_batch, the original's decision on each evaluated batch "
+                             "(val_error_per_batch records it anyway)")
     parser.add_argument("--cpu-replicas", type=positive, help="train on N logical CPU devices with MirroredStrategy "
                                                               "(the multi-GPU code path, on a machine without GPUs)")
     parser.add_argument("--resume", action="store_true", help="continue the run folder's latest checkpoint (what "
@@ -94,7 +99,8 @@ def resolve_config(args, dataset, **overrides):
     flags = {"data.name": dataset, "data.dir": args.data, "model.epsilon": args.epsilon,
              "train.max_epoch": args.max_epoch, "train.steps_per_epoch": args.steps_per_epoch,
              "train.batch_size": args.batch_size, "train.keep_checkpoints": args.keep_checkpoints,
-             "train.keep_checkpoint_steps": args.keep_step, "train.eval_batches": args.eval_batches, **overrides}
+             "train.keep_checkpoint_steps": args.keep_step, "train.eval_batches": args.eval_batches,
+             "model.gate_inference": args.gate_inference, **overrides}
     return config_lib.replace(config, **{k: v for k, v in flags.items() if v is not None})
 
 
@@ -219,20 +225,12 @@ def evaluate_checkpoint(config, path):
 
 # ---- compression -----------------------------------------------------------------------------
 def compress_main(argv=None):
-    parser = argparse.ArgumentParser(description="Compress an ε-ResNet run at a step: remove the blocks its gates "
-                                                 "skip, and check that the result computes the same logits.")
+    parser = argparse.ArgumentParser(description="Compress an ε-ResNet run at a step: remove the blocks closed at "
+                                                 "inference, and check that the result computes the same logits.")
     parser.add_argument("--dir", required=True, help="the run folder train_log.<output>/, or a folder holding one")
     parser.add_argument("--step", type=int, required=True, help="global step of the checkpoint model-<step>")
-    parser.add_argument("--rule", choices=("gates", "ema"), default="gates",
-                        help="gates (default): remove the blocks whose gate is closed on every one of "
-                             "--decide-batches training batches at that step; ema: the original's rule, remove "
-                             "the blocks whose is_discarded moving average reached 1")
-    parser.add_argument("--decide-batches", type=positive, default=20, metavar="K",
-                        help="training batches the gates are watched on (rule gates; default 20)")
     parser.add_argument("--check-batches", type=positive, metavar="K",
                         help="compare the networks on the first K validation batches only (default: all)")
-    parser.add_argument("--strict", action="store_true", help="keep a removed block whose gate opens on "
-                                                              "validation data (default: warn)")
     parser.add_argument("--data", help="dataset folder (default: the run's data.dir)")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own start-up and log messages")
     args = parser.parse_args(argv)
@@ -240,9 +238,8 @@ def compress_main(argv=None):
     from epsilon_resnet import compression
 
     try:
-        cfg_path, cfg = compression.compress_run(args.dir, args.step, rule=args.rule,
-                                                 decide_batches=args.decide_batches, check_batches=args.check_batches,
-                                                 strict=args.strict, data_dir=args.data)
+        cfg_path, cfg = compression.compress_run(args.dir, args.step, check_batches=args.check_batches,
+                                                 data_dir=args.data)
     except UserError as err:
         fail(err)
     for warning in cfg["warnings"]:
@@ -254,17 +251,16 @@ def compression_summary(cfg_path, cfg):
     """What compressModel did, in a few lines."""
     full, small, check = cfg["cost"]["full"], cfg["cost"]["compressed"], cfg["check"]
     blocks = sum(cfg["stage_units"]) - cfg["first_block_kept"].count(False) + len(cfg["discarded_blocks"])
-    how = (f"closed on all {cfg['decide_batches']} training batches" if cfg["rule"] == "gates"
-           else "is_discarded average reached 1")
     return "\n".join([
         f"step {cfg['step']}, ε = {cfg['epsilon']}: discarded {len(cfg['discarded_blocks'])} of {blocks} blocks "
-        f"({how}) {cfg['discarded_blocks']}",
+        f"({cfg['decision']}) {cfg['discarded_blocks']}",
         f"kept structure: stage_units {cfg['stage_units']}, first_block_kept {cfg['first_block_kept']}",
         f"parameters {full['params']:,} -> {small['params']:,} ({small['params'] / full['params']:.1%}), "
         f"MACs per image {full['macs']:,} -> {small['macs']:,} ({small['macs'] / full['macs']:.1%})",
-        f"check on {check['images']} validation images: "
-        f"max |logit difference| {check['max_abs_logit_difference']:.3g}, "
+        f"check on {check['images']} validation images: logits {'equal' if check['logits_equal'] else 'DIFFER'} "
+        f"(max |difference| {check['max_abs_logit_difference']:.3g}, tolerance {check['logit_tolerance']:.3g}), "
         f"error gated {check['gated_error']:.4f}, compressed {check['compressed_error']:.4f}",
+        f"the original's per-batch gates at batch {check['batch_size']}: error {check['per_batch_error']:.4f}",
         f"wrote {cfg_path}",
     ])
 

@@ -1,15 +1,16 @@
 """Compression of a trained ε-ResNet (docs/original.md §8): remove the blocks its gates skip.
 
-By default the decision comes from the gates themselves: the gated network, restored at
-the step, runs in inference mode over a few training batches, and a block is removed when
-its gate is closed on every one of them. There the gated network's output is the
-shortcut's alone, so the plain network without that block computes the same function.
-The original's rule (the block's is_discarded moving average reached 1) stays available
-as rule "ema"; it can keep a block that the gates already skip, and then the compressed
-network adds back a residual the gated one left out.
+The blocks removed are exactly those closed at inference (gate.StrictIdentity: the stored
+decision, is_discarded average >= 1/2). Where a gate is closed the gated network's block
+outputs its shortcut alone and where it is open shortcut + F, whatever the batch, so the plain
+network without the closed blocks computes the gated network's inference logits on every
+input, at every batch size. (The original decided from the is_discarded averages having
+reached 1, and compared with a gated network that decided per batch: docs/tensorflow.md,
+"The gate at inference".)
 
 Weights are copied by the network's structure (unit k of stage s to its new place), and a
-lossless check then runs both networks on the validation set, which the decision never saw.
+check then runs both networks on the validation set, together with the original's per-batch
+gates for comparison.
 """
 import collections
 import os
@@ -19,49 +20,30 @@ import numpy as np
 import tensorflow as tf
 
 from epsilon_resnet import compressed_cfg, run_folder
+from epsilon_resnet import config as config_lib
 from epsilon_resnet.errors import CompressionError
 from epsilon_resnet.evaluation import run_batches, top_k_wrong
-from epsilon_resnet.gate import StrictIdentity, gate_is_open, gates_of, residual_input
+from epsilon_resnet.gate import CLOSED_AT_INFERENCE, StrictIdentity, gates_of, per_batch_inference
 from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.networks import build_resnet, network_parts
 from epsilon_resnet.structures import Structure, structure_for
 
-RULES = ("gates", "ema")
-DECIDE_BATCHES = 20  # training batches the gates are watched on; a block must be closed on all of them
+DECISION = f"closed at inference: is_discarded moving average >= {CLOSED_AT_INFERENCE:g}"
+# Equal logits: both networks run the same operations on the same weights, and only the order
+# in which a kernel sums may differ (another graph, another batch size): |Δ| <= this × max(1, max|logit|).
+LOGIT_TOLERANCE = 1e-5
 
 
 # ---- which blocks go ------------------------------------------------------------------------
-class GateProbe:
-    """The gated network's logits plus, per gate, max|F| over the batch and whether it is open."""
-
-    def __init__(self, gated):
-        self.gates = gates_of(gated)
-        per_image_max = [keras.ops.max(keras.ops.abs(residual_input(g)), axis=tuple(range(1, 4))) for g in self.gates]
-        self.model = keras.Model(gated.input, [gated.output["logits"], *per_image_max])
-        self.epsilons = tf.constant([float(g.epsilon.numpy()) for g in self.gates], tf.float32)
-        self.step = tf.function(self._step, reduce_retracing=True)
-
-    def _step(self, images):
-        logits, *per_image = self.model(images, training=False)
-        max_abs = tf.stack([tf.reduce_max(tf.cast(m, tf.float32)) for m in per_image])
-        return logits, max_abs, gate_is_open(max_abs, self.epsilons) > 0
-
-
-def decide_by_gates(probe, batches):
-    """(blocks closed on every batch, [{block, closed_rate, max_abs, epsilon}] of those closed on some).
-
-    A block closed on some batches and open on others is kept; the report says how often it
-    closed and how its largest max|F| compares with ε.
-    """
-    opened, largest, count = np.zeros(len(probe.gates), int), np.zeros(len(probe.gates)), 0
-    for (_, max_abs, is_open), _ in run_batches(lambda images, labels: probe.step(images), batches):
-        opened += is_open.numpy()
-        largest = np.maximum(largest, max_abs.numpy())
-        count += 1
-    discarded = [g.block for g, n in zip(probe.gates, opened) if n == 0]
-    flickering = [{"block": g.block, "closed_rate": round(1 - int(n) / count, 4), "max_abs": float(m),
-                   "epsilon": float(e)} for g, n, m, e in zip(probe.gates, opened, largest, probe.epsilons.numpy())
-                  if 0 < n < count]
+def decide_at_inference(gated):
+    """(the blocks closed at inference, [{block, closed_rate}] of the gates both closed and open
+    in their recent training steps: closed_rate is their is_discarded average)."""
+    gates = gates_of(gated)
+    discarded = [g.block for g in gates if g.closed_at_inference()]
+    tolerance = discard_tolerance(gates[0].ema_decay) if gates else 0.0
+    flickering = [{"block": g.block, "closed_rate": round(float(g.is_discarded.numpy()), 4),
+                   "closed_at_inference": g.closed_at_inference()}
+                  for g in gates if tolerance < float(g.is_discarded.numpy()) < 1.0 - tolerance]
     return discarded, flickering
 
 
@@ -75,15 +57,6 @@ def discard_tolerance(ema_decay):
     excludes a block that was open in the last ~190 steps (at d = 0.95).
     """
     return 2.0 ** -23 / (1.0 - ema_decay)
-
-
-def decide_by_ema(record, block_names, ema_decay):
-    """The blocks whose is_discarded average in a metrics record has reached 1 (the original's rule)."""
-    missing = [b for b in block_names if f"{b}/is_discarded" not in record]
-    if missing:
-        raise CompressionError(f"the metrics record of step {record.get('global_step')} has no is_discarded "
-                               f"average for block(s) {missing}: was this run gated?")
-    return [b for b in block_names if float(record[f"{b}/is_discarded"]) >= 1.0 - discard_tolerance(ema_decay)]
 
 
 # ---- the compressed network -----------------------------------------------------------------
@@ -173,35 +146,37 @@ def network_cost(model):
     return {"params": params, "macs": macs}
 
 
-# ---- the lossless check ----------------------------------------------------------------------
-def lossless_check(probe, compressed, batches, discarded):
-    """Run the gated and the compressed network on the same batches and compare them.
+# ---- the check ------------------------------------------------------------------------------
+def logits_equal(difference, largest):
+    return difference <= LOGIT_TOLERANCE * max(1.0, largest)
 
-    Returns the image count, the largest |logit difference|, both errors, the removed blocks
-    whose gate opened on some batch (there the gated network used the block) and the kept
-    blocks whose gate closed on some batch (there it skipped a block the compressed one runs).
-    """
+
+def lossless_check(gated, compressed, batches):
+    """Run the gated network (at inference, and with per-batch gates) and the compressed one on
+    the same batches: the image count, the largest |logit difference| between gated and
+    compressed, whether that is within LOGIT_TOLERANCE, and the three errors."""
     @tf.function(reduce_retracing=True)
     def step(images, labels):
-        logits, _, is_open = probe.step(images)
+        logits = gated(images, training=False)["logits"]
         other = compressed(images, training=False)["logits"]
-        return (tf.reduce_max(tf.abs(logits - other)), is_open,
-                tf.reduce_sum(top_k_wrong(logits, labels)), tf.reduce_sum(top_k_wrong(other, labels)))
+        with per_batch_inference(gated):
+            per_batch = gated(images, training=False)["logits"]
+        return (tf.reduce_max(tf.abs(logits - other)), tf.reduce_max(tf.abs(logits)),
+                *(tf.reduce_sum(top_k_wrong(x, labels)) for x in (logits, other, per_batch)))
 
     totals = collections.Counter()
-    ever_open, ever_closed = np.zeros(len(probe.gates), bool), np.zeros(len(probe.gates), bool)
-    for (diff, is_open, wrong_gated, wrong_compressed), images in run_batches(step, batches):
-        totals.update(images=images, batches=1, gated=float(wrong_gated), compressed=float(wrong_compressed))
+    for (diff, largest, *wrong), images in run_batches(step, batches):
+        totals.update(images=images, batches=1, gated=float(wrong[0]), compressed=float(wrong[1]),
+                      per_batch=float(wrong[2]))
         totals["max_diff"] = max(totals["max_diff"], float(diff))
-        ever_open |= is_open.numpy()
-        ever_closed |= ~is_open.numpy()
-    removed = set(discarded)
+        totals["largest"] = max(totals["largest"], float(largest))
     return {"images": totals["images"], "batches": totals["batches"],
             "max_abs_logit_difference": totals["max_diff"],
+            "logits_equal": logits_equal(totals["max_diff"], totals["largest"]),
+            "logit_tolerance": LOGIT_TOLERANCE * max(1.0, totals["largest"]),
             "gated_error": totals["gated"] / totals["images"],
             "compressed_error": totals["compressed"] / totals["images"],
-            "discarded_blocks_opened": [g.block for g, o in zip(probe.gates, ever_open) if o and g.block in removed],
-            "kept_blocks_closed": [g.block for g, c in zip(probe.gates, ever_closed) if c and g.block not in removed]}
+            "per_batch_error": totals["per_batch"] / totals["images"]}
 
 
 # ---- compressing a run ----------------------------------------------------------------------
@@ -211,63 +186,41 @@ def record_at_step(records, step):
 
 
 def load_gated(run_dir, step, data_dir=None, source=None):
-    """(config, source, gated model restored at `step`, checkpoint path) of a run folder."""
+    """(config, source, gated model restored at `step`, with its gates in the stored inference mode
+    whatever the run's model.gate_inference, checkpoint path) of a run folder."""
     config = run_folder.read_config(run_dir)
     if not config.model.gated:
         raise CompressionError(f"{run_dir} trained a plain ResNet (model.gated: false): it has no gates to compress")
     checkpoint = run_folder.checkpoint_path(run_dir, step)
-    source, gated = run_folder.load_network(config, checkpoint, data_dir, source, error=CompressionError)
+    stored = config_lib.replace(config, **{"model.gate_inference": "stored"})
+    source, gated = run_folder.load_network(stored, checkpoint, data_dir, source, error=CompressionError)
     return config, source, gated, checkpoint
 
 
-def decide(rule, probe, config, source, record, step, decide_batches):
-    """(discarded blocks, flickering report) under `rule` ("gates" or "ema")."""
-    if rule == "ema":
-        if record is None:
-            raise CompressionError(f"--rule ema reads the is_discarded averages recorded at an epoch end, and "
-                                   f"metrics.jsonl has no epoch ending at step {step}")
-        names = structure_for(config.model, source.family).block_names()
-        return decide_by_ema(record, names, config.model.gate_ema_decay), []
-    batches = source.train_dataset(config.train.eval_batch_size, seed=0).take(decide_batches)
-    return decide_by_gates(probe, batches)
-
-
-def compress_run(directory, step, rule="gates", decide_batches=DECIDE_BATCHES, check_batches=None, strict=False,
-                 data_dir=None, source=None):
+def compress_run(directory, step, check_batches=None, data_dir=None, source=None):
     """Compress a run folder's checkpoint model-<step>; returns (path of the .cfg, its contents).
 
-    rule: "gates" (closed on every one of `decide_batches` training batches) or "ema".
-    check_batches: check on the first K validation batches instead of all. strict: keep a
-    removed block whose gate opens on the check data. source: a DataSource to use instead
-    of the run's dataset (tests).
+    check_batches: check on the first K validation batches instead of all. source: a
+    DataSource to use instead of the run's dataset (tests).
     """
-    if rule not in RULES:
-        raise CompressionError(f"--rule must be one of {RULES}, got {rule!r}")
-    for name, value in (("--decide-batches", decide_batches), ("--check-batches", check_batches)):
-        if value is not None and value < 1:
-            raise CompressionError(f"{name} must be >= 1, got {value}")
+    if check_batches is not None and check_batches < 1:
+        raise CompressionError(f"--check-batches must be >= 1, got {check_batches}")
     run_dir = run_folder.find_run(directory)
     compressed_cfg.refuse_existing_outputs(run_dir, step)
     config, source, gated, checkpoint = load_gated(run_dir, step, data_dir, source)
     record = record_at_step(read_metrics(run_dir), step)
-    probe = GateProbe(gated)
-    discarded, flickering = decide(rule, probe, config, source, record, step, decide_batches)
+    discarded, flickering = decide_at_inference(gated)
     check_data = source.eval_dataset(config.train.eval_batch_size)
     if check_batches is not None:
         check_data = check_data.take(check_batches)
     structure = structure_for(config.model, source.family)
     compressed, kept, moves = compress_model(gated, structure, discarded)
-    check = lossless_check(probe, compressed, check_data, discarded)
-    kept_by_strict = check["discarded_blocks_opened"] if strict else []
-    if kept_by_strict:
-        discarded = [b for b in discarded if b not in kept_by_strict]
-        compressed, kept, moves = compress_model(gated, structure, discarded)
-        check = lossless_check(probe, compressed, check_data, discarded)
+    check = lossless_check(gated, compressed, check_data)
     cfg = {**_network_record(config, source, data_dir, kept),
-           **_decision_record(rule, decide_batches, discarded, flickering, gated, checkpoint, step, record),
+           **_decision_record(discarded, flickering, gated, checkpoint, step, record),
            "weights": compressed_cfg.output_name(step),
-           "check": {**check, "check_batches": check_batches, "strict": strict, "kept_by_strict": kept_by_strict},
-           "warnings": _warnings(check, flickering, kept_by_strict),
+           "check": {**check, "check_batches": check_batches, "batch_size": config.train.eval_batch_size},
+           "warnings": _warnings(check, flickering),
            "cost": {"full": network_cost(gated), "compressed": network_cost(compressed)}}
     return compressed_cfg.write(run_dir, step, compressed, cfg), cfg
 
@@ -284,12 +237,11 @@ def _network_record(config, source, data_dir, kept):
             "stage_units": list(kept.stage_units), "first_block_kept": list(kept.first_block_kept)}
 
 
-def _decision_record(rule, decide_batches, discarded, flickering, gated, checkpoint, step, record):
+def _decision_record(discarded, flickering, gated, checkpoint, step, record):
     """The .cfg keys that say what was removed, from which checkpoint, and how it was decided."""
     return {"source_checkpoint": os.path.basename(checkpoint), "step": step,
             "epoch": record["epoch"] if record else None,
-            "epsilon": _epsilon_record(gated),
-            "rule": rule, "decide_batches": decide_batches if rule == "gates" else None,
+            "epsilon": _epsilon_record(gated), "decision": DECISION,
             "discarded_blocks": list(discarded), "flickering_blocks": flickering,
             "recorded_errors": {k: float(v) for k, v in (record or {}).items() if k.startswith("val_error")}}
 
@@ -301,14 +253,11 @@ def _epsilon_record(gated):
     return values.popitem()[1] if len(set(values.values())) == 1 else values
 
 
-def _warnings(check, flickering, kept_by_strict):
-    warnings = [f"kept {f['block']}: its gate closed on {f['closed_rate']:.0%} of the training batches, not all "
-                f"(largest max|F| {f['max_abs']:.4g} against ε {f['epsilon']:g})" for f in flickering]
-    if kept_by_strict:
-        warnings.append(f"--strict: kept {kept_by_strict}: their gates opened on validation data")
-    warnings += [f"the gate of removed block {block} opened on some validation batch: there the compressed network "
-                 f"differs from the gated one (--strict keeps such blocks)" for block in check["discarded_blocks_opened"]]
-    if check["kept_blocks_closed"]:
-        warnings.append(f"kept block(s) {check['kept_blocks_closed']} were closed on some validation batch: there "
-                        f"the gated network skipped them and the compressed network does not")
+def _warnings(check, flickering):
+    warnings = [f"{f['block']} was closed on {f['closed_rate']:.1%} of its recent training steps (decay-weighted) "
+                f"and open on the others: at inference, and so here, it is "
+                f"{'removed' if f['closed_at_inference'] else 'kept'}" for f in flickering]
+    if not check["logits_equal"]:
+        warnings.append(f"the compressed network's logits differ from the gated network's by up to "
+                        f"{check['max_abs_logit_difference']:.3g}, beyond the tolerance {check['logit_tolerance']:.3g}")
     return warnings

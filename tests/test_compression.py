@@ -1,9 +1,8 @@
-"""Compression (docs/original.md §8): the gates decide which blocks go, weights are copied by
-structure, the compressed network computes the gated network's logits, and the .cfg and
-checkpoint are written beside the run without touching it."""
+"""Compression (docs/original.md §8): the blocks closed at inference go, weights are copied by
+structure, the compressed network computes the gated network's inference logits at every batch
+size, and the .cfg and checkpoint are written beside the run without touching it."""
 import json
 import os
-import shutil
 
 import keras
 import numpy as np
@@ -17,7 +16,7 @@ from epsilon_resnet import config as config_lib
 from epsilon_resnet import data
 from epsilon_resnet.cli import imagenet_compressed_main, imagenet_main
 from epsilon_resnet.errors import CompressionError, RunError
-from epsilon_resnet.gate import StrictIdentity, gates_of
+from epsilon_resnet.gate import StrictIdentity, gates_of, per_batch_inference
 from epsilon_resnet.networks import build_from_config, build_resnet
 from epsilon_resnet.structures import Structure, cifar_structure
 from epsilon_resnet.optimizers import TF1Momentum
@@ -44,10 +43,12 @@ def randomize_batch_norms(model):
 
 
 def shut(model, blocks):
-    """Close the gates of `blocks` by raising their ε above max|F|; their branches stay non-zero."""
+    """Close the gates of `blocks` at inference (is_discarded 1) and per batch (ε above max|F|);
+    their branches stay non-zero."""
     for gate in gates_of(model):
         if gate.block in blocks:
             gate.epsilon.assign(SHUT)
+            gate.is_discarded.assign(1.0)
 
 
 def gated_cifar(n, closed):
@@ -58,21 +59,19 @@ def gated_cifar(n, closed):
     return model
 
 
-def batches(count=3, size=4, shape=(32, 32, 3)):
-    return tf.data.Dataset.from_tensor_slices((images(count * size, shape), np.zeros(count * size, np.int32))).batch(size)
-
-
 def assert_same_logits(gated, compressed, x):
+    """Equal up to the order of float32 sums (C.LOGIT_TOLERANCE), and not trivially."""
     expected = gated(x, training=False)["logits"].numpy()
-    np.testing.assert_allclose(compressed(x, training=False)["logits"].numpy(), expected, rtol=0, atol=1e-4)
-    assert np.abs(expected).max() > 0.1  # not trivially equal
+    difference = np.abs(compressed(x, training=False)["logits"].numpy() - expected).max()
+    assert C.logits_equal(difference, np.abs(expected).max()), difference
+    assert np.abs(expected).max() > 0.1
 
 
 # ---- the decision and the network transformation ------------------------------------------------
 def test_the_gates_decide_and_the_compressed_network_computes_the_same_logits():
     closed = ["res1.1", "res2.0", "res2.2", "res3.1"]
     gated = gated_cifar(3, closed)
-    discarded, flickering = C.decide_by_gates(C.GateProbe(gated), batches())
+    discarded, flickering = C.decide_at_inference(gated)
     assert discarded == closed and flickering == []
 
     compressed, kept, moves = C.compress_model(gated, cifar_structure(3), discarded)
@@ -88,23 +87,41 @@ def test_the_gates_decide_and_the_compressed_network_computes_the_same_logits():
     assert_same_logits(gated, compressed, images(4))  # inputs the decision never saw
 
 
-def test_a_block_closed_on_some_batches_only_is_kept_and_reported():
+@pytest.mark.parametrize("average, removed", [(0.3, False), (0.5, True), (0.7, True)])
+def test_a_gate_both_closed_and_open_in_training_goes_by_its_majority_and_is_reported(average, removed):
     gated = gated_cifar(2, [])
-    probe = C.GateProbe(gated)
-    data = batches(count=8)
-    per_batch = np.stack([probe.step(x)[1].numpy() for x, _ in data])  # max|F| per batch and gate
-    flicker = [g.block for g in gates_of(gated)].index("res2.1")
-    threshold = float(np.median(per_batch[:, flicker]))
-    gates_of(gated)[flicker].epsilon.assign(threshold)
-    expected_rate = np.mean(per_batch[:, flicker] <= threshold)
-    assert 0 < expected_rate < 1
+    gates_of(gated)[3].is_discarded.assign(average)  # res2.1
+    discarded, flickering = C.decide_at_inference(gated)
+    assert discarded == (["res2.1"] if removed else [])
+    assert flickering == [{"block": "res2.1", "closed_rate": average, "closed_at_inference": removed}]
+    assert "res2.1 was closed on" in C._warnings({"logits_equal": True}, flickering)[0]
 
-    discarded, flickering = C.decide_by_gates(probe_again := C.GateProbe(gated), data)
-    assert discarded == []
-    assert flickering == [{"block": "res2.1", "closed_rate": pytest.approx(expected_rate, abs=1e-4),
-                           "max_abs": pytest.approx(per_batch[:, flicker].max(), rel=1e-6),
-                           "epsilon": pytest.approx(threshold, rel=1e-6)}]
-    assert probe_again.gates == gates_of(gated)
+
+def sample_and_random_images(count):
+    """`count` CIFAR-10 sample images (the repository's data/cifar10-sample) and `count` random ones."""
+    sample = data.get_source("cifar10", os.path.join(os.path.dirname(os.path.dirname(__file__)), "data",
+                                                     "cifar10-sample"))
+    real = next(iter(sample.eval_dataset(count)))[0].numpy()
+    return real, images(count)
+
+
+def test_compressed_logits_equal_the_gated_inference_logits_at_batch_1_7_and_128():
+    """Closed at inference (is_discarded 1) while ε = 0 keeps every gate open per batch: the
+    compressed network equals the gated one at inference on every input, whatever the batch, and
+    the gated network's inference logits of an image do not depend on its batch."""
+    gated = gated_cifar(2, [])
+    for gate in gates_of(gated):
+        gate.is_discarded.assign(1.0 if gate.block in ("res1.1", "res2.0", "res3.1") else 0.0)
+    discarded, _ = C.decide_at_inference(gated)
+    compressed, _, _ = C.compress_model(gated, cifar_structure(2), discarded)
+    for x in sample_and_random_images(128):
+        whole = gated(x, training=False)["logits"].numpy()
+        for size in (1, 7, 128):
+            for start in range(0, 128, size)[:3]:
+                part = x[start:start + size]
+                assert_same_logits(gated, compressed, part)
+                alone = gated(part, training=False)["logits"].numpy()
+                assert C.logits_equal(np.abs(alone - whole[start:start + size]).max(), np.abs(whole).max())
 
 
 @pytest.mark.parametrize("closed, expected", [
@@ -130,7 +147,7 @@ def test_bottleneck_network_keeps_the_shortcut_convolutions_of_discarded_first_b
     randomize_batch_norms(gated)
     closed = ["group0/block0", "group1/block0", "group2/block1"]
     shut(gated, closed)
-    assert C.decide_by_gates(C.GateProbe(gated), batches())[0] == closed
+    assert C.decide_at_inference(gated)[0] == closed
     compressed, kept, _ = C.compress_model(gated, structure, closed)
     assert kept == Structure("imagenet", (1, 2, 1, 1), (False, False, True, True), bottleneck=True)
     names = {layer.name for layer in compressed.layers}
@@ -162,7 +179,7 @@ def test_network_cost_counts_conv_and_dense_macs_and_trainable_parameters():
     assert C.network_cost(model) == {"params": params, "macs": macs}  # the side head is not counted
 
 
-# ---- the original's rule: "the is_discarded average reached 1" ------------------------------------
+# ---- "the is_discarded average reached 1" (the original's rule; here: no flickering) ----------------
 def float32_ema_fixed_point(decay):
     """Where TF1's float32 update shadow −= (shadow − 1)·(1 − d) stops moving for a block closed forever."""
     ema, step = np.float32(0), np.float32(1) - np.float32(decay)  # 1 − d in float32, as the gate computes it
@@ -187,8 +204,7 @@ def test_a_closed_block_stalls_at_or_below_one_in_float32_and_still_counts_as_di
         closed_step()
     stalled = float(layer.is_discarded.numpy())
     assert stalled == tensorpack_ema_of_ones(400, 0.95) <= 1.0
-    record = {"global_step": 400, "res1.0/is_discarded": stalled}
-    assert C.decide_by_ema(record, ["res1.0"], 0.95) == ["res1.0"]
+    assert 1.0 - C.discard_tolerance(0.95) <= stalled and layer.closed_at_inference()
     # Without the warm-up the average stalls lowest (0.99999946 at d = 0.95), and still counts.
     assert float32_ema_fixed_point(0.95) == np.float32(0.99999946)
     for decay in (0.5, 0.9, 0.95, 0.99, 0.999):
@@ -201,8 +217,6 @@ def test_a_block_open_within_the_last_hundred_steps_has_not_reached_one():
         for _ in range(100):                                     # ... then closed again
             ema = ema - np.float32((ema - np.float32(1)) * (np.float32(1) - np.float32(decay)))
         assert ema < 1 - C.discard_tolerance(decay)
-    with pytest.raises(CompressionError, match=r"no is_discarded average for block\(s\) \['res1.1'\]"):
-        C.decide_by_ema({"global_step": 5, "res1.0/is_discarded": 1.0}, ["res1.0", "res1.1"], 0.95)
 
 
 # ---- a run folder ---------------------------------------------------------------------------------
@@ -217,22 +231,17 @@ class ArraySource:
     def eval_dataset(self, batch_size):
         return tf.data.Dataset.from_tensor_slices((self.images, self.labels)).batch(batch_size)
 
-    def train_dataset(self, batch_size, seed=None):
-        train = images(16)
-        return tf.data.Dataset.from_tensor_slices((train, np.zeros(16, np.int32))).repeat().batch(batch_size)
-
 
 RUN_CONFIG = {"data": {"name": "cifar10", "dir": None}, "model": {"n": 2, "epsilon": 0.0},
               "train": {"batch_size": 4, "eval_batch_size": 4}}
 CLOSED = ["res1.1", "res2.0"]
 
 
-def write_run(folder, source, averages=None, steps=(6, 12), raw_config=RUN_CONFIG, closed=CLOSED):
+def write_run(folder, source, steps=(6, 12), raw_config=RUN_CONFIG, closed=CLOSED):
     """A run folder as training leaves it: config.yaml, metrics.jsonl, checkpoints model-<step>.
 
     The checkpoints hold model, optimizer and state like the Trainer's, with the gates of
-    `closed` shut by their ε; `averages` overrides recorded is_discarded values (closed
-    blocks 1.0, others 0.3 by default).
+    `closed` shut (`shut`).
     """
     os.makedirs(folder)
     config = config_lib.from_dict(raw_config)
@@ -245,7 +254,7 @@ def write_run(folder, source, averages=None, steps=(6, 12), raw_config=RUN_CONFI
     optimizer.build(gated.trainable_variables)
     checkpoint = tf.train.Checkpoint(model=gated, optimizer=optimizer, state=TrainingState())
     blocks = [g.block for g in gates_of(gated)]
-    averages = {b: 1.0 if b in closed else 0.3 for b in blocks} | (averages or {})
+    averages = {b: 1.0 if b in closed else 0.0 for b in blocks}
     with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
         for epoch, step in enumerate(steps, 1):
             checkpoint.write(os.path.join(folder, f"model-{step}"))
@@ -265,7 +274,7 @@ def run(tmp_path_factory, source):
     folder = str(tmp_path_factory.mktemp("runs") / "train_log.tiny")
     gated = write_run(folder, source)
     before = snapshot(folder)
-    cfg_path, cfg = C.compress_run(os.path.dirname(folder), 12, decide_batches=3, source=source)  # found below
+    cfg_path, cfg = C.compress_run(os.path.dirname(folder), 12, source=source)  # found below
     return folder, gated, before, cfg_path, cfg
 
 
@@ -275,13 +284,13 @@ def test_compress_run_writes_cfg_and_weights_that_round_trip(run, source):
     with open(cfg_path) as f:
         assert yaml.safe_load(f) == cfg
     assert cfg["dataset"] == "cifar10" and cfg["n"] == 2 and cfg["step"] == 12 and cfg["epoch"] == 2
-    assert cfg["source_checkpoint"] == "model-12" and (cfg["rule"], cfg["decide_batches"]) == ("gates", 3)
+    assert cfg["source_checkpoint"] == "model-12" and cfg["decision"] == C.DECISION
     assert cfg["discarded_blocks"] == CLOSED and cfg["first_block_discarded"] == [False, True, False]
     assert (cfg["stage_units"], cfg["first_block_kept"]) == ([1, 2, 2], [True, False, True])
     assert cfg["recorded_errors"] == {"val_error": 0.52, "val_error_side": 0.7}
     check = cfg["check"]
-    assert check["images"] == 12 and check["batches"] == 3 and check["max_abs_logit_difference"] <= 1e-4
-    assert check["gated_error"] == check["compressed_error"] and cfg["warnings"] == []
+    assert check["images"] == 12 and check["batches"] == 3 and check["logits_equal"] and check["batch_size"] == 4
+    assert check["gated_error"] == check["compressed_error"] == check["per_batch_error"] and cfg["warnings"] == []
     assert cfg["cost"]["compressed"]["params"] < cfg["cost"]["full"]["params"]
     assert cfg["cost"]["compressed"]["macs"] < cfg["cost"]["full"]["macs"]
 
@@ -316,10 +325,6 @@ def test_a_step_without_checkpoint_lists_the_available_ones(tmp_path, source):
     os.remove(os.path.join(folder, "model-6.index"))
     with pytest.raises(RunError, match=r"model-6.*checkpoints at steps \[12\]"):
         C.compress_run(folder, 6, source=source)
-    for suffix in (".index", ".data-00000-of-00001"):  # a checkpoint that is no epoch end (a Ctrl-C save)
-        shutil.copy(os.path.join(folder, "model-12" + suffix), os.path.join(folder, "model-7" + suffix))
-    with pytest.raises(CompressionError, match=r"--rule ema.*no epoch ending at step 7"):
-        C.compress_run(folder, 7, rule="ema", source=source)
     assert not [f for f in os.listdir(folder) if f.startswith("compressed")]
 
 
@@ -338,38 +343,22 @@ def test_several_runs_below_the_folder_are_listed(tmp_path):
         run_folder.find_run(str(tmp_path / "missing"))
 
 
-def test_the_original_rule_misses_a_fresh_closure_and_the_gates_do_not(tmp_path, source):
-    """res3.1 is closed at the step but its average (0.6) has not reached 1: the original's rule
-    keeps it, and the compressed network adds back a residual the gated one skipped."""
-    closed = CLOSED + ["res3.1"]
-    averages = {"res3.1": 0.6}
-    ema_folder, gates_folder = str(tmp_path / "ema"), str(tmp_path / "gates")
-    write_run(ema_folder, source, averages=averages, closed=closed)
-    _, ema = C.compress_run(ema_folder, 12, rule="ema", source=source)
-    assert ema["discarded_blocks"] == CLOSED and ema["check"]["kept_blocks_closed"] == ["res3.1"]
-    assert ema["check"]["max_abs_logit_difference"] > 1e-3 and ema["decide_batches"] is None
-    assert any("kept block(s) ['res3.1'] were closed" in w for w in ema["warnings"])
-
-    write_run(gates_folder, source, averages=averages, closed=closed)
-    _, gates = C.compress_run(gates_folder, 12, decide_batches=2, source=source)
-    assert gates["discarded_blocks"] == closed and gates["check"]["max_abs_logit_difference"] <= 1e-4
-
-
-def test_strict_keeps_a_removed_block_whose_gate_opens(tmp_path, source):
-    """Under the original's rule res3.1's average says 1 but its gate is open: on validation data it opens."""
+def test_the_check_reports_the_per_batch_error_beside_the_equal_logits(tmp_path, source):
+    """res3.1 is closed at inference but open per batch (ε = 0 there): removed, logits equal, and
+    the per-batch error is the one of the network that keeps it."""
     folder = str(tmp_path / "run")
-    write_run(folder, source, averages={"res3.1": 1.0})
-    _, cfg = C.compress_run(folder, 12, rule="ema", source=source, check_batches=2)
-    assert cfg["discarded_blocks"] == ["res1.1", "res2.0", "res3.1"]
-    assert cfg["check"]["images"] == 8 and cfg["check"]["discarded_blocks_opened"] == ["res3.1"]
-    assert cfg["check"]["max_abs_logit_difference"] > 1e-3
-    assert any("removed block res3.1 opened" in w for w in cfg["warnings"])
-
-    strict_folder = str(tmp_path / "strict")
-    write_run(strict_folder, source, averages={"res3.1": 1.0})
-    _, cfg = C.compress_run(strict_folder, 12, rule="ema", source=source, strict=True)
-    assert cfg["discarded_blocks"] == CLOSED and cfg["check"]["kept_by_strict"] == ["res3.1"]
-    assert cfg["stage_units"] == [1, 2, 2] and cfg["check"]["max_abs_logit_difference"] <= 1e-4
+    gated = write_run(folder, source)
+    checkpoint = tf.train.Checkpoint(model=gated)
+    checkpoint.read(os.path.join(folder, "model-12")).expect_partial()
+    gates_of(gated)[-1].is_discarded.assign(1.0)  # res3.1
+    tf.train.Checkpoint(model=gated).write(os.path.join(folder, "model-12"))
+    _, cfg = C.compress_run(folder, 12, source=source, check_batches=2)
+    assert cfg["discarded_blocks"] == CLOSED + ["res3.1"] and cfg["check"]["logits_equal"]
+    x, labels = source.images[:8], source.labels[:8]
+    with per_batch_inference(gated):
+        per_batch = np.concatenate([gated(x[i:i + 4], training=False)["logits"].numpy() for i in (0, 4)])
+    assert cfg["check"]["per_batch_error"] == pytest.approx(np.mean(per_batch.argmax(1) != labels))
+    assert cfg["check"]["gated_error"] == cfg["check"]["compressed_error"]
 
 
 # ---- reading .cfg files ----------------------------------------------------------------------------
@@ -433,9 +422,9 @@ def test_imagenet_run_compresses_and_evaluates_top1_and_top5(tmp_path, capsys):
     folder = str(tmp_path / "run")
     write_run(folder, data.get_source("fake-imagenet", **options), steps=(5,), raw_config=raw,
               closed=["group1/block0", "group2/block1"])
-    cfg_path, cfg = C.compress_run(folder, 5, decide_batches=2)
+    cfg_path, cfg = C.compress_run(folder, 5)
     assert (cfg["depth"], cfg["stage_units"], cfg["first_block_kept"]) == (18, [2, 2, 1, 2], [True, False, True, True])
-    assert cfg["check"]["max_abs_logit_difference"] <= 1e-4 and cfg["check"]["images"] == 12
+    assert cfg["check"]["logits_equal"] and cfg["check"]["images"] == 12
     assert exit_code(imagenet_compressed_main, "--cfg", cfg_path) == 0
     top1, top5 = capsys.readouterr().out.splitlines()[:2]
     assert top1 == f"Top-1 error: {cfg['check']['compressed_error']}" and top5.startswith("Top-5 error: ")
