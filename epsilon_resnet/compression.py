@@ -32,18 +32,20 @@ DECISION = f"closed at inference: is_discarded moving average >= {CLOSED_AT_INFE
 # Equal logits: both networks run the same operations on the same weights, and only the order
 # in which a kernel sums may differ (another graph, another batch size): |Δ| <= this × max(1, max|logit|).
 LOGIT_TOLERANCE = 1e-5
+# A gate whose recent training steps disagree this much (its average between 0.1 and 0.9) is reported.
+FLICKERING = 0.1
 
 
 # ---- which blocks go ------------------------------------------------------------------------
 def decide_at_inference(gated):
-    """(the blocks closed at inference, [{block, closed_rate}] of the gates both closed and open
-    in their recent training steps: closed_rate is their is_discarded average)."""
+    """(the blocks closed at inference, [{block, closed_rate}] of the flickering gates: those
+    closed on between FLICKERING and 1 − FLICKERING of their recent training steps, whose
+    is_discarded average is closed_rate)."""
     gates = gates_of(gated)
     discarded = [g.block for g in gates if g.closed_at_inference()]
-    tolerance = discard_tolerance(gates[0].ema_decay) if gates else 0.0
     flickering = [{"block": g.block, "closed_rate": round(float(g.is_discarded.numpy()), 4),
                    "closed_at_inference": g.closed_at_inference()}
-                  for g in gates if tolerance < float(g.is_discarded.numpy()) < 1.0 - tolerance]
+                  for g in gates if FLICKERING < float(g.is_discarded.numpy()) < 1.0 - FLICKERING]
     return discarded, flickering
 
 
