@@ -261,3 +261,26 @@ def test_layer_config_round_trip():
         StrictIdentity(-0.5)
     with pytest.raises(ValueError, match="inference must be one of"):
         StrictIdentity(1.0, inference="batch")
+
+
+@pytest.mark.parametrize("family", ["cifar", "imagenet"])
+def test_inference_logits_of_an_image_do_not_depend_on_its_batch(family):
+    """Open and closed gates (is_discarded 0 and 1), ε in the range of the branches' max|F| so that
+    per batch the decisions would move: an image scored alone or in a batch of 128 gets the same
+    logits at inference, up to the order of float32 sums."""
+    from epsilon_resnet.compression import logits_equal
+    from epsilon_resnet.structures import imagenet_structure
+
+    keras.utils.set_random_seed(5)
+    structure = cifar_structure(1) if family == "cifar" else imagenet_structure(18)
+    model = build_resnet(structure, 10, epsilon=0.5, pixel_mean=120.0, pixel_scale=1 / 64, image_shape=(32, 32, 3))
+    gates = gates_of(model)
+    for k, g in enumerate(gates):
+        g.is_discarded.assign(float(k % 2))
+    images = random_images(9, 128)
+    batch = model(images, training=False)["logits"].numpy()
+    largest = np.abs(batch).max()
+    for i in (0, 77):
+        alone = model(images[i:i + 1], training=False)["logits"].numpy()
+        assert logits_equal(np.abs(alone - batch[i:i + 1]).max(), largest)
+    assert [g.closed_at_inference() for g in gates] == [bool(k % 2) for k in range(len(gates))]
