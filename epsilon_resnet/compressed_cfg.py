@@ -32,7 +32,9 @@ def output_name(step):
 
 
 def refuse_existing_outputs(run_dir, step):
-    existing = sorted(f for f in os.listdir(run_dir) if f.startswith(output_name(step) + "."))
+    """Refuse to compress a step twice (a killed run's temporaries do not count: `write` removes them)."""
+    existing = sorted(f for f in os.listdir(run_dir)
+                      if f.startswith(output_name(step) + ".") and not run_folder.TEMPORARY.fullmatch(f))
     if existing:
         raise CompressionError(f"{run_dir} already holds {existing}; remove them to compress step {step} again")
 
@@ -41,20 +43,22 @@ def write(run_dir, step, compressed, cfg):
     """Write the compressed checkpoint, then the .cfg that names it, each only once complete.
 
     The .cfg's text is made first, so nothing is written when it cannot be; if writing the
-    .cfg fails, the checkpoint files this call wrote are removed again.
+    .cfg fails, the checkpoint files this call wrote are removed again. The run folder is
+    locked meanwhile (run_folder.locked).
     """
-    refuse_existing_outputs(run_dir, step)
     text = HEADER + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
     name = output_name(step)
-    run_folder.write_checkpoint(tf.train.Checkpoint(model=compressed), run_dir, name)
     path = os.path.join(run_dir, name + ".cfg")
-    try:
-        run_folder.write_new_file(path, text)
-    except BaseException:
-        for file in os.listdir(run_dir):
-            if file.startswith(name + ".") and not file.endswith(".cfg"):
-                os.remove(os.path.join(run_dir, file))
-        raise
+    with run_folder.locked(run_dir, "compressModel"):
+        refuse_existing_outputs(run_dir, step)
+        run_folder.write_checkpoint(tf.train.Checkpoint(model=compressed), run_dir, name)
+        try:
+            run_folder.write_new_file(path, text)
+        except BaseException:
+            for file in os.listdir(run_dir):
+                if file.startswith(name + ".") and not file.endswith(".cfg"):
+                    os.remove(os.path.join(run_dir, file))
+            raise
     return path
 
 
