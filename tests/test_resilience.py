@@ -2,6 +2,9 @@
 temporaries, and a metrics.jsonl whose last line was cut."""
 import errno
 import functools
+import importlib.util
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -9,12 +12,13 @@ import sys
 
 import pytest
 
-from epsilon_resnet import run_folder
+from epsilon_resnet import metrics_file, run_folder
 from epsilon_resnet.cli import cifar_main, compress_main
 from epsilon_resnet.errors import RunError
 from epsilon_resnet.metrics_file import read_metrics
 from cli_helpers import exit_code, snapshot, write_tiny_config
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 train = functools.partial(exit_code, cifar_main)
 compress = functools.partial(exit_code, compress_main)
 
@@ -86,3 +90,64 @@ def test_output_dot_is_refused(tmp_path, monkeypatch, capsys, tiny_cifar):
         assert train("--config", write_tiny_config(str(tmp_path), tiny_cifar), "-o", name) == 2
         assert f"not a path: {name!r}" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["tiny.yaml"]
+
+
+def plot_runs_module():
+    spec = importlib.util.spec_from_file_location("plot_runs", os.path.join(ROOT, "scripts", "plot_runs.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_cut_last_metrics_line_is_moved_aside_on_resume_and_the_run_still_compresses_and_plots(
+        tmp_path, monkeypatch, capsys, tiny_cifar):
+    monkeypatch.chdir(tmp_path)
+    assert train("--config", write_tiny_config(str(tmp_path), tiny_cifar, max_epoch=2), "-o", "cut") == 0
+    path = tmp_path / "train_log.cut" / "metrics.jsonl"
+    whole = path.read_text()
+    cut = whole[:-len(whole.splitlines()[-1]) // 2]  # a kill during epoch 2's append: half its line
+    path.write_text(cut)
+    capsys.readouterr()
+    assert train("--config", write_tiny_config(str(tmp_path), tiny_cifar, max_epoch=3), "-o", "cut") == 0
+    assert (f"train_log.cut/metrics.jsonl:2 was cut short (a write was interrupted); kept lines 1-1 and moved the "
+            f"cut text to train_log.cut/metrics.jsonl.cut-line-2") in capsys.readouterr().out
+    assert (tmp_path / "train_log.cut" / "metrics.jsonl.cut-line-2").read_text() == cut.splitlines()[1]
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 3]  # epoch 2's record was lost with its line
+    assert compress("--dir", "train_log.cut", "--step", 9, "--decide-batches", 1, "--check-batches", 1) == 0
+    plot_runs_module().main(["train_log.cut", "--out", str(tmp_path / "figures")])
+    assert "val_error.png" in os.listdir(tmp_path / "figures")
+
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_the_reader_names_a_damaged_line_and_what_it_kept(tmp_path, monkeypatch):
+    collect = Collect()
+    monkeypatch.setattr(metrics_file.logger, "handlers", [collect])  # only this test's handler (not a run's log)
+    records = [{"epoch": epoch, "global_step": 3 * epoch} for epoch in (1, 2, 3)]
+    text = [json.dumps(r) for r in records]
+    # What a run of an earlier version left: epoch 2's cut line, its resumed epoch 2 appended to it, and a cut epoch 3.
+    (tmp_path / "metrics.jsonl").write_text(f"{text[0]}\n{text[1][:9]}{text[1]}\n{text[2][:5]}")
+    assert read_metrics(str(tmp_path)) == records[:2]
+    assert collect.messages == [
+        f"{tmp_path}/metrics.jsonl:2 begins with a cut record (a write was interrupted); kept the epoch 2 record "
+        f"that follows it on that line",
+        f"{tmp_path}/metrics.jsonl:3 is cut short (a write was interrupted); kept the 2 lines before it"]
+    (tmp_path / "metrics.jsonl").write_text(f"{text[0]}\nnot json\n{text[2]}\n")
+    with pytest.raises(ValueError, match="metrics.jsonl:2 is not valid JSON"):
+        read_metrics(str(tmp_path))
+
+
+def test_repair_keeps_a_last_record_that_only_lacks_its_newline(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2}')
+    assert metrics_file.repair_cut_tail(str(path)) == f"{path}:2 lacked its newline; added it"
+    assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n' and os.listdir(tmp_path) == ["metrics.jsonl"]
+    assert metrics_file.repair_cut_tail(str(path)) is None
