@@ -98,6 +98,11 @@ def _structure(path, raw, size_key):
         structure = Structure(full.family, raw["stage_units"], raw["first_block_kept"], full.bottleneck)
     except (ValueError, TypeError) as err:
         raise CompressionError(f"{path}: {err}") from None
+    discarded = raw.get("first_block_discarded")
+    if discarded is not None and list(discarded) != [not kept for kept in structure.first_block_kept]:
+        raise CompressionError(f"{path}: first_block_kept {list(structure.first_block_kept)} contradicts "
+                               f"first_block_discarded {discarded}; the weights fit the structure compressModel.py "
+                               f"wrote, so neither can be edited")
     if any(kept > units for kept, units in zip(structure.stage_units, full.stage_units)):
         raise CompressionError(f"{path}: stage_units {list(structure.stage_units)} exceed the full network's "
                                f"{list(full.stage_units)}")
@@ -113,10 +118,13 @@ def read(path):
     if not isinstance(raw.get(size_key), int) or isinstance(raw.get(size_key), bool):
         raise CompressionError(f"{path}: a {raw['dataset']} network needs an integer {size_key!r}, "
                                f"got {raw.get(size_key)!r}")
+    eval_batch_size = raw.get("eval_batch_size", 128)
+    if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
+        raise CompressionError(f"{path}: eval_batch_size must be a whole number >= 1, got {eval_batch_size!r}")
     weights = os.path.join(os.path.dirname(os.path.abspath(path)), raw["weights"])
     return CompressedSpec(path, raw["dataset"], _structure(path, raw, size_key), raw["num_classes"],
                           tuple(raw["image_shape"]), weights, raw.get("data_dir"), dict(raw.get("data_options") or {}),
-                          int(raw.get("eval_batch_size", 128)), raw[size_key])
+                          eval_batch_size, raw[size_key])
 
 
 def build(spec):

@@ -201,8 +201,21 @@ def restore_model(model, path, exact, error=RunError):
         else:
             status.expect_partial()
             status.assert_existing_objects_matched()
+    except (IndexError, tf.errors.DataLossError) as err:  # a cut .data file, a checksum that does not match
+        raise error(f"the checkpoint files of {path} are damaged ({brief(err)}): expected {path}.index and its "
+                    f".data-* files complete, as they were written; use another step's checkpoint") from None
     except (AssertionError, ValueError, tf.errors.OpError) as err:
-        raise error(f"the weights in {path} do not fit the network {model.name!r}: {err}") from None
+        raise error(f"the weights in {path} do not fit the network {model.name!r}: {brief(err)}") from None
+
+
+def brief(err):
+    """TensorFlow's message for a checkpoint that cannot be read, without its op prefix and the
+    values of the variables it lists (kilobytes of numbers): their names stand for them."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "", str(err))
+    names = re.findall(r"path=([^,]+), shape", text)
+    if names:
+        text = text.split(" Showing")[0].split(": [")[0].rstrip(".") + f", among them {', '.join(names[:5])}"
+    return text.strip()
 
 
 def load_network(config, checkpoint, data_dir=None, source=None, error=RunError):
