@@ -11,7 +11,7 @@ import os
 import keras
 import numpy as np
 
-from epsilon_resnet import gate
+from epsilon_resnet import gate, metrics_file
 from epsilon_resnet.schedules import AdaptiveLearningRate, piecewise, whole_blocks
 
 logger = logging.getLogger("epsilon_resnet")
@@ -94,12 +94,18 @@ class MetricsWriter(keras.callbacks.Callback):
     """Appends one JSON object per epoch to metrics.jsonl, flushed to disk at once.
 
     A resumed run appends epochs again after its checkpoint; read_metrics keeps the last
-    record of each epoch, so lines from a lost stretch of training are superseded.
+    record of each epoch, so lines from a lost stretch of training are superseded. A last
+    line cut by a kill or a full disk is first moved aside (metrics_file.repair_cut_tail).
     """
 
     def __init__(self, path):
         super().__init__()
         self.path = path
+
+    def on_train_begin(self, logs=None):
+        repaired = metrics_file.repair_cut_tail(self.path)
+        if repaired:
+            logger.warning("%s", repaired)
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch, **{k: _plain(v) for k, v in logs.items()}}

@@ -31,7 +31,7 @@ def start_tensorflow(args):
 
 def run_name(text):
     """argparse type of -o: a name, since the run folder is train_log.<name>/ in the current folder."""
-    if not text or "/" in text or os.sep in text:
+    if not text.strip(".") or "/" in text or os.sep in text:
         raise argparse.ArgumentTypeError(f"-o takes a run name like cifar10-e_2.5-n_18 (the run goes to "
                                          f"train_log.<name>/ in the current folder), not a path: {text!r}")
     return text

@@ -32,7 +32,9 @@ def output_name(step):
 
 
 def refuse_existing_outputs(run_dir, step):
-    existing = sorted(f for f in os.listdir(run_dir) if f.startswith(output_name(step) + "."))
+    """Refuse to compress a step twice (a killed run's temporaries do not count: `write` removes them)."""
+    existing = sorted(f for f in os.listdir(run_dir)
+                      if f.startswith(output_name(step) + ".") and not run_folder.TEMPORARY.fullmatch(f))
     if existing:
         raise CompressionError(f"{run_dir} already holds {existing}; remove them to compress step {step} again")
 
@@ -41,20 +43,22 @@ def write(run_dir, step, compressed, cfg):
     """Write the compressed checkpoint, then the .cfg that names it, each only once complete.
 
     The .cfg's text is made first, so nothing is written when it cannot be; if writing the
-    .cfg fails, the checkpoint files this call wrote are removed again.
+    .cfg fails, the checkpoint files this call wrote are removed again. The run folder is
+    locked meanwhile (run_folder.locked).
     """
-    refuse_existing_outputs(run_dir, step)
     text = HEADER + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
     name = output_name(step)
-    run_folder.write_checkpoint(tf.train.Checkpoint(model=compressed), run_dir, name)
     path = os.path.join(run_dir, name + ".cfg")
-    try:
-        run_folder.write_new_file(path, text)
-    except BaseException:
-        for file in os.listdir(run_dir):
-            if file.startswith(name + ".") and not file.endswith(".cfg"):
-                os.remove(os.path.join(run_dir, file))
-        raise
+    with run_folder.locked(run_dir, "compressModel"):
+        refuse_existing_outputs(run_dir, step)
+        run_folder.write_checkpoint(tf.train.Checkpoint(model=compressed), run_dir, name)
+        try:
+            run_folder.write_new_file(path, text)
+        except BaseException:
+            for file in os.listdir(run_dir):
+                if file.startswith(name + ".") and not file.endswith(".cfg"):
+                    os.remove(os.path.join(run_dir, file))
+            raise
     return path
 
 
@@ -94,6 +98,11 @@ def _structure(path, raw, size_key):
         structure = Structure(full.family, raw["stage_units"], raw["first_block_kept"], full.bottleneck)
     except (ValueError, TypeError) as err:
         raise CompressionError(f"{path}: {err}") from None
+    discarded = raw.get("first_block_discarded")
+    if discarded is not None and list(discarded) != [not kept for kept in structure.first_block_kept]:
+        raise CompressionError(f"{path}: first_block_kept {list(structure.first_block_kept)} contradicts "
+                               f"first_block_discarded {discarded}; the weights fit the structure compressModel.py "
+                               f"wrote, so neither can be edited")
     if any(kept > units for kept, units in zip(structure.stage_units, full.stage_units)):
         raise CompressionError(f"{path}: stage_units {list(structure.stage_units)} exceed the full network's "
                                f"{list(full.stage_units)}")
@@ -109,10 +118,13 @@ def read(path):
     if not isinstance(raw.get(size_key), int) or isinstance(raw.get(size_key), bool):
         raise CompressionError(f"{path}: a {raw['dataset']} network needs an integer {size_key!r}, "
                                f"got {raw.get(size_key)!r}")
+    eval_batch_size = raw.get("eval_batch_size", 128)
+    if isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1:
+        raise CompressionError(f"{path}: eval_batch_size must be a whole number >= 1, got {eval_batch_size!r}")
     weights = os.path.join(os.path.dirname(os.path.abspath(path)), raw["weights"])
     return CompressedSpec(path, raw["dataset"], _structure(path, raw, size_key), raw["num_classes"],
                           tuple(raw["image_shape"]), weights, raw.get("data_dir"), dict(raw.get("data_options") or {}),
-                          int(raw.get("eval_batch_size", 128)), raw[size_key])
+                          eval_batch_size, raw[size_key])
 
 
 def build(spec):

@@ -4,6 +4,7 @@ Every number of docs/original.md §4–6 lives here, so a run folder's config.ya
 exactly what ran.
 """
 import dataclasses
+import math
 import os
 import typing
 
@@ -147,8 +148,8 @@ def validate(config, source="config"):
         raise ConfigError(f"{source}: model.depth is required for {config.data.name}")
     if not imagenet and (config.model.n is None or config.model.n < 1):
         raise ConfigError(f"{source}: model.n must be >= 1 for {config.data.name}, got {config.model.n}")
-    if config.train.batch_size < 1 or config.train.max_epoch < 1:
-        raise ConfigError(f"{source}: train.batch_size and train.max_epoch must be >= 1")
+    if config.train.batch_size < 1 or config.train.eval_batch_size < 1 or config.train.max_epoch < 1:
+        raise ConfigError(f"{source}: train.batch_size, train.eval_batch_size and train.max_epoch must be >= 1")
     if config.train.eval_batches is not None and config.train.eval_batches < 1:
         raise ConfigError(f"{source}: train.eval_batches must be >= 1 (or null for the whole validation set), "
                           f"got {config.train.eval_batches}")
@@ -169,8 +170,9 @@ def validate(config, source="config"):
     if config.model.epsilon_schedule:
         _check_points(f"{source}: model.epsilon_schedule", config.model.epsilon_schedule)
     epsilons = [config.model.epsilon] + [eps for _, eps in config.model.epsilon_schedule]
-    if any(eps < 0 for eps in epsilons):
-        raise ConfigError(f"{source}: ε must be >= 0 (a block is discarded when every |F| <= ε), got {epsilons}")
+    if not all(math.isfinite(eps) and eps >= 0 for eps in epsilons):
+        raise ConfigError(f"{source}: ε must be a finite number >= 0 (a block is discarded when every |F| <= ε), "
+                          f"got {epsilons}")
     if config.model.gate_inference not in GATE_INFERENCE_MODES:
         raise ConfigError(f"{source}: model.gate_inference must be one of {GATE_INFERENCE_MODES}, "
                           f"got {config.model.gate_inference!r}")
@@ -181,13 +183,19 @@ def validate(config, source="config"):
 
 def read_yaml(path, error, missing):
     """The parsed YAML file at path; `error(missing)` when there is no such file, `error` naming it when invalid."""
+    if os.path.isdir(path):
+        raise error(f"{path} is a folder; expected a YAML file")
     if not os.path.isfile(path):
         raise error(missing)
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return yaml.safe_load(f)
     except yaml.YAMLError as err:
         raise error(f"{path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError as err:
+        raise error(f"{path} is not UTF-8 text (byte {err.start}); expected a YAML file") from None
+    except OSError as err:
+        raise error(f"{path} cannot be read: {err.strerror}") from None
 
 
 def load(path):

@@ -6,12 +6,16 @@ checkpoints); both go through these functions, so the layout is declared once:
     config.yaml, log.log, metrics.jsonl, train/ and validation/ (TensorBoard),
     model-<step>.index/.data-*   the recent checkpoints (and one every 30 minutes),
     kept/model-<step>.*         checkpoints kept for good (train.keep_checkpoint_steps),
-    compressed_model_<step>.*   compressModel.py's .cfg and pruned weights.
+    compressed_model_<step>.*   compressModel.py's .cfg and pruned weights,
+    .lock                       the PID of the process writing the folder (see `locked`).
 
 Nothing here rewrites an existing file: new files are written under a temporary name
 and renamed into place once complete.
 """
+import contextlib
+import fcntl
 import os
+import re
 import shutil
 import tempfile
 
@@ -26,6 +30,9 @@ CHECKPOINT_NAME = "model"
 KEPT_FOLDER = "kept"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = ".lock"
+# What write_new_file and write_checkpoint write before renaming: folder/name.tmp-<pid>, folder/.name.tmp-XXXX/.
+TEMPORARY = re.compile(r"(.+\.tmp-\d+|\..+\.tmp-.+)")
 
 
 def steps_in(folder):
@@ -102,6 +109,46 @@ def prepare(run_dir, config, write=True):
         write_new_file(path, config_lib.dump(config))
 
 
+@contextlib.contextmanager
+def locked(run_dir, purpose):
+    """Hold the run folder for this process alone (creating the folder if needed) while it writes.
+
+    An advisory flock on run_dir/.lock, which records the holder's PID and `purpose` for the
+    message another process gets. The kernel drops it when its holder exits, however it
+    exits (kill -9 too), so a stale .lock file never blocks. Once the lock is held, any
+    temporary file left by an earlier writer that was killed is removed.
+    """
+    path = os.path.join(run_dir, LOCK_FILE)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunError(f"cannot write into the run folder {run_dir}: {err.strerror}; "
+                       f"{purpose} needs a folder it can write") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that is starting"
+            raise RunError(f"{run_dir} is in use by PID {holder}; wait until it ends, or choose another "
+                           f"output name (-o)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} ({purpose})\n".encode(), 0)
+        remove_stale_temporaries(run_dir)
+        yield
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(run_dir):
+    """Delete the temporaries of a killed writer (call only while holding `locked`)."""
+    for folder in (run_dir, os.path.join(run_dir, KEPT_FOLDER)):
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            path = os.path.join(folder, name)
+            if TEMPORARY.fullmatch(name):
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
 def write_new_file(path, text):
     """Write text to a new file atomically (temporary file, fsync, rename); never replaces one."""
     if os.path.exists(path):
@@ -154,8 +201,21 @@ def restore_model(model, path, exact, error=RunError):
         else:
             status.expect_partial()
             status.assert_existing_objects_matched()
+    except (IndexError, tf.errors.DataLossError) as err:  # a cut .data file, a checksum that does not match
+        raise error(f"the checkpoint files of {path} are damaged ({brief(err)}): expected {path}.index and its "
+                    f".data-* files complete, as they were written; use another step's checkpoint") from None
     except (AssertionError, ValueError, tf.errors.OpError) as err:
-        raise error(f"the weights in {path} do not fit the network {model.name!r}: {err}") from None
+        raise error(f"the weights in {path} do not fit the network {model.name!r}: {brief(err)}") from None
+
+
+def brief(err):
+    """TensorFlow's message for a checkpoint that cannot be read, without its op prefix and the
+    values of the variables it lists (kilobytes of numbers): their names stand for them."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "", str(err))
+    names = re.findall(r"path=([^,]+), shape", text)
+    if names:
+        text = text.split(" Showing")[0].split(": [")[0].rstrip(".") + f", among them {', '.join(names[:5])}"
+    return text.strip()
 
 
 def load_network(config, checkpoint, data_dir=None, source=None, error=RunError):

@@ -7,6 +7,7 @@ checkpoint: weights, optimizer, step, learning-rate and ε schedules, gate avera
 partial sums of an interrupted epoch and the position in the training data stream. In a
 multi-worker run only the chief writes the run folder.
 """
+import contextlib
 import errno
 import json
 import math
@@ -344,23 +345,26 @@ def train_and_evaluate(config, run_dir, load=None, resume=False, strategy=None, 
     nothing behind. In a multi-worker run only the chief writes run_dir.
     """
     source = data.get_source(config.data.name, config.data.dir, **config.data.options)
-    latest = _start_point(run_dir, load, resume)
+    _start_point(run_dir, load, resume)
     strategy = strategy or tf.distribute.get_strategy()
     chief = distribute.is_chief(strategy)
-    run_folder.prepare(run_dir, config, write=chief)
-    setup_logging(run_dir if chief else None)
-    runtime.configure(config.train)
-    trainer = Trainer(config, run_dir, source=source, strategy=strategy)
-    if latest:
-        trainer.resume(latest)
-        logger.info("resumed from %s at global step %d, epoch %d", latest, trainer.global_step,
-                    trainer.state.values["epoch"])
-    elif load:
-        trainer.load_variables(load)
-        logger.info("loaded the variables of %s (global step %d); a new run starts at epoch 1", load,
-                    trainer.global_step)
-    try:
-        return trainer.fit(progress=progress, extra_callbacks=extra_callbacks)
-    except RunError as err:
-        logger.debug("%s", err)  # into log.log only: the caller shows it on the console
-        raise
+    with run_folder.locked(run_dir, "training") if chief else contextlib.nullcontext():
+        # Again under the lock: a run that held the folder until now may have saved since.
+        latest = _start_point(run_dir, load, resume)
+        run_folder.prepare(run_dir, config, write=chief)
+        setup_logging(run_dir if chief else None)
+        runtime.configure(config.train)
+        trainer = Trainer(config, run_dir, source=source, strategy=strategy)
+        if latest:
+            trainer.resume(latest)
+            logger.info("resumed from %s at global step %d, epoch %d", latest, trainer.global_step,
+                        trainer.state.values["epoch"])
+        elif load:
+            trainer.load_variables(load)
+            logger.info("loaded the variables of %s (global step %d); a new run starts at epoch 1", load,
+                        trainer.global_step)
+        try:
+            return trainer.fit(progress=progress, extra_callbacks=extra_callbacks)
+        except RunError as err:
+            logger.debug("%s", err)  # into log.log only: the caller shows it on the console
+            raise

@@ -65,7 +65,11 @@ def get_source(name: str, data_dir: str | None = None, **options):
     if unknown:
         raise DataError(f"{name}: unknown option(s) {', '.join(unknown)}; "
                         f"{name} takes {', '.join(allowed) or 'no options'}")
-    source = loader(data_dir, **options)
+    try:
+        source = loader(data_dir, **options)
+    except PermissionError as err:
+        raise DataError(f"{name}: {err.filename} cannot be read ({err.strerror}); the dataset's files and "
+                        f"folders must be readable by this user") from None
     source.family = entry.family
     return source
 

@@ -6,6 +6,7 @@ all 50,000 training images, evaluate on the 10,000 test images (docs/original.md
 with the option `holdout=K`, train on 50,000 - K and evaluate on a fixed K of them.
 """
 import dataclasses
+import errno
 import functools
 import io
 import os
@@ -91,6 +92,8 @@ CIFAR100 = Cifar("cifar100", 100, (
 
 
 def read_folder(folder, names):
+    if not os.access(folder, os.R_OK | os.X_OK):  # else its files would look missing
+        raise PermissionError(errno.EACCES, "Permission denied", folder)
     found = {}
     for name in names:
         path = os.path.join(folder, name)
