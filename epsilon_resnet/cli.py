@@ -10,7 +10,7 @@ import os
 import sys
 
 from epsilon_resnet import console, data, distribute
-from epsilon_resnet.errors import RunError, UserError
+from epsilon_resnet.errors import ConfigError, RunError, UserError
 from epsilon_resnet.structures import DATA_FORMATS, IMAGENET_DEPTHS
 
 DATA_FORMAT_FLAGS = dict(zip(("NHWC", "NCHW"), DATA_FORMATS))  # the original's flag values
@@ -95,7 +95,12 @@ def resolve_config(args, dataset, **overrides):
              "train.max_epoch": args.max_epoch, "train.steps_per_epoch": args.steps_per_epoch,
              "train.batch_size": args.batch_size, "train.keep_checkpoints": args.keep_checkpoints,
              "train.keep_checkpoint_steps": args.keep_step, "train.eval_batches": args.eval_batches, **overrides}
-    return config_lib.replace(config, **{k: v for k, v in flags.items() if v is not None})
+    config = config_lib.replace(config, **{k: v for k, v in flags.items() if v is not None})
+    if args.epsilon is not None and not config_lib.epsilon_is_used(config.model):
+        raise ConfigError(f"-e {args.epsilon:g} would never be in force: model.epsilon_schedule "
+                          f"{config.model.epsilon_schedule} sets ε from epoch 1 on; write null for the ε of the "
+                          f"points that should take -e's value (e.g. [[0, 0.0], [150, null]]), or drop -e")
+    return config
 
 
 def run_training(args, dataset, default_output, **overrides):

@@ -26,7 +26,7 @@ from epsilon_resnet.evaluation import Evaluator
 from epsilon_resnet.gate import gates_of
 from epsilon_resnet.networks import build_from_config, kernels
 from epsilon_resnet.optimizers import TF1Momentum
-from epsilon_resnet.schedules import AdaptiveLearningRate, piecewise
+from epsilon_resnet.schedules import AdaptiveLearningRate, epsilon_at
 from epsilon_resnet.signals import StopRequest
 
 
@@ -261,7 +261,7 @@ class Trainer:
         """The values in force during this epoch: learning rate and (gated) the scheduled ε."""
         logs = {"learning_rate": float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))}
         if gates_of(self.model):
-            logs["epsilon"] = piecewise(self.config.model.epsilon_schedule, epoch, self.config.model.epsilon)
+            logs["epsilon"] = epsilon_at(self.config.model.epsilon_schedule, epoch, self.config.model.epsilon)
         return logs
 
     def _train_epoch(self, epoch, iterator, callbacks, stop, progress):
