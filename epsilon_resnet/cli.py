@@ -178,7 +178,7 @@ def imagenet_main(argv=None):
         if config.model.data_format == "channels_first":
             require_gpu_for_nchw()
         if args.eval:
-            return evaluate_checkpoint(config, args.load)
+            return evaluate_checkpoint(config, args.load, replicas=len(distribute.parse_gpus(args.gpu or "0")))
     except UserError as err:
         fail(err)
     run_training(args, "imagenet", lambda c: f"imagenet-d_{c.model.depth}-e_{c.model.epsilon:g}", **overrides)
@@ -195,14 +195,16 @@ def require_gpu_for_nchw():
              "Use --data_format NHWC.")
 
 
-def evaluate_checkpoint(config, path):
-    """--eval: the config's network with a checkpoint's weights, scored on the validation set.
+def evaluate_checkpoint(config, path, replicas=1):
+    """--eval: the config's network with a checkpoint's weights, scored on the validation set
+    (a null eval batch: the training batch per GPU of `replicas` GPUs, as the original's --eval).
 
     Nothing is written: no run folder is made, and the checkpoint's folder is only read.
     """
     from epsilon_resnet import run_folder
     from epsilon_resnet.evaluation import Evaluator
     from epsilon_resnet.gate import epsilon_of
+    from epsilon_resnet.training import eval_batch_size
 
     class DoesNotFit(RunError):
         """Weights that do not fit the network: here, most likely a wrong -d."""
@@ -212,7 +214,8 @@ def evaluate_checkpoint(config, path):
     except DoesNotFit as err:
         raise RunError(f"{path} is not a checkpoint of this network (ResNet-{config.model.depth}, gated="
                        f"{config.model.gated}); -d must be the run's depth: {err}") from None
-    errors = Evaluator(model)(source.eval_dataset(config.train.eval_batch_size), config.train.eval_batches)
+    batches = source.eval_dataset(eval_batch_size(config.train, replicas))
+    errors = Evaluator(model)(batches, config.train.eval_batches)
     epsilon = epsilon_of(model)
     print(f"{path}: ResNet-{config.model.depth}{'' if epsilon is None else f', ε {epsilon:g}'} on "
           f"{source.num_eval} {config.data.name} validation images")

@@ -19,12 +19,14 @@ import numpy as np
 import tensorflow as tf
 
 from epsilon_resnet import compressed_cfg, run_folder
+from epsilon_resnet import config as config_lib
 from epsilon_resnet.errors import CompressionError
 from epsilon_resnet.evaluation import run_batches, top_k_wrong
 from epsilon_resnet.gate import StrictIdentity, gate_is_open, gates_of, residual_input
 from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.networks import build_resnet, network_parts
 from epsilon_resnet.structures import Structure, structure_for
+from epsilon_resnet.training import eval_batch_size
 
 RULES = ("gates", "ema")
 DECIDE_BATCHES = 20  # training batches the gates are watched on; a block must be closed on all of them
@@ -249,6 +251,8 @@ def compress_run(directory, step, rule="gates", decide_batches=DECIDE_BATCHES, c
     run_dir = run_folder.find_run(directory)
     compressed_cfg.refuse_existing_outputs(run_dir, step)
     config, source, gated, checkpoint = load_gated(run_dir, step, data_dir, source)
+    # Compression runs on one device: a null eval batch is the run's training batch on one GPU.
+    config = config_lib.replace(config, **{"train.eval_batch_size": eval_batch_size(config.train, 1)})
     record = record_at_step(read_metrics(run_dir), step)
     probe = GateProbe(gated)
     discarded, flickering = decide(rule, probe, config, source, record, step, decide_batches)

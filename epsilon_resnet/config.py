@@ -41,7 +41,7 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = 128                # images per step: per replica, or global (batch_per_replica: false)
     batch_per_replica: bool = True       # CIFAR/SVHN: each GPU its own batch; ImageNet: one batch split
-    eval_batch_size: int = 128
+    eval_batch_size: typing.Optional[int] = 128  # null: the per-replica training batch (ImageNet: 256 // GPUs)
     eval_batches: typing.Optional[int] = None  # validate on the first K batches only (quick runs); None: all
     max_epoch: int = 1000
     steps_per_epoch: typing.Optional[int] = None  # None: training images // batch_size (whatever the GPUs)
@@ -154,6 +154,9 @@ def validate(config, source="config"):
         raise ConfigError(f"{source}: model.n must be >= 1 for {config.data.name}, got {config.model.n}")
     if config.train.batch_size < 1 or config.train.max_epoch < 1:
         raise ConfigError(f"{source}: train.batch_size and train.max_epoch must be >= 1")
+    if config.train.eval_batch_size is not None and config.train.eval_batch_size < 1:
+        raise ConfigError(f"{source}: train.eval_batch_size must be >= 1 (or null for the per-replica training "
+                          f"batch), got {config.train.eval_batch_size}")
     if config.train.eval_batches is not None and config.train.eval_batches < 1:
         raise ConfigError(f"{source}: train.eval_batches must be >= 1 (or null for the whole validation set), "
                           f"got {config.train.eval_batches}")
