@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 from epsilon_resnet import gate, metrics_file
-from epsilon_resnet.schedules import AdaptiveLearningRate, piecewise, whole_blocks
+from epsilon_resnet.schedules import AdaptiveLearningRate, epsilon_at, whole_blocks
 
 logger = logging.getLogger("epsilon_resnet")
 
@@ -72,14 +72,15 @@ class LearningRateSetter(keras.callbacks.Callback):
 
 class EpsilonScheduler(keras.callbacks.Callback):
     """Sets ε of every gate at the start of each epoch from (epoch, ε) points, `default`
-    before the first point is in force (a point (e, ε) holds from epoch e + 1)."""
+    before the first point is in force and for points whose ε is None (a point (e, ε) holds
+    from epoch e + 1)."""
 
     def __init__(self, points, default):
         super().__init__()
         self.points, self.default = [tuple(p) for p in points], default
 
     def on_epoch_begin(self, epoch, logs=None):
-        gate.set_epsilon(self.model, piecewise(self.points, epoch, self.default))
+        gate.set_epsilon(self.model, epsilon_at(self.points, epoch, self.default))
 
 
 class GateMonitor(keras.callbacks.Callback):

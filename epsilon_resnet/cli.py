@@ -10,7 +10,7 @@ import os
 import sys
 
 from epsilon_resnet import console, data, distribute
-from epsilon_resnet.errors import RunError, UserError
+from epsilon_resnet.errors import ConfigError, RunError, UserError
 from epsilon_resnet.schedules import GATE_INFERENCE_MODES
 from epsilon_resnet.structures import DATA_FORMATS, IMAGENET_DEPTHS
 
@@ -101,7 +101,12 @@ def resolve_config(args, dataset, **overrides):
              "train.batch_size": args.batch_size, "train.keep_checkpoints": args.keep_checkpoints,
              "train.keep_checkpoint_steps": args.keep_step, "train.eval_batches": args.eval_batches,
              "model.gate_inference": args.gate_inference, **overrides}
-    return config_lib.replace(config, **{k: v for k, v in flags.items() if v is not None})
+    config = config_lib.replace(config, **{k: v for k, v in flags.items() if v is not None})
+    if args.epsilon is not None and not config_lib.epsilon_is_used(config.model):
+        raise ConfigError(f"-e {args.epsilon:g} would never be in force: model.epsilon_schedule "
+                          f"{config.model.epsilon_schedule} sets ε from epoch 1 on; write null for the ε of the "
+                          f"points that should take -e's value (e.g. [[0, 0.0], [150, null]]), or drop -e")
+    return config
 
 
 def run_training(args, dataset, default_output, **overrides):
@@ -179,7 +184,7 @@ def imagenet_main(argv=None):
         if config.model.data_format == "channels_first":
             require_gpu_for_nchw()
         if args.eval:
-            return evaluate_checkpoint(config, args.load)
+            return evaluate_checkpoint(config, args.load, replicas=len(distribute.parse_gpus(args.gpu or "0")))
     except UserError as err:
         fail(err)
     run_training(args, "imagenet", lambda c: f"imagenet-d_{c.model.depth}-e_{c.model.epsilon:g}", **overrides)
@@ -196,14 +201,16 @@ def require_gpu_for_nchw():
              "Use --data_format NHWC.")
 
 
-def evaluate_checkpoint(config, path):
-    """--eval: the config's network with a checkpoint's weights, scored on the validation set.
+def evaluate_checkpoint(config, path, replicas=1):
+    """--eval: the config's network with a checkpoint's weights, scored on the validation set
+    (a null eval batch: the training batch per GPU of `replicas` GPUs, as the original's --eval).
 
     Nothing is written: no run folder is made, and the checkpoint's folder is only read.
     """
     from epsilon_resnet import run_folder
     from epsilon_resnet.evaluation import Evaluator
     from epsilon_resnet.gate import epsilon_of
+    from epsilon_resnet.training import eval_batch_size
 
     class DoesNotFit(RunError):
         """Weights that do not fit the network: here, most likely a wrong -d."""
@@ -213,7 +220,8 @@ def evaluate_checkpoint(config, path):
     except DoesNotFit as err:
         raise RunError(f"{path} is not a checkpoint of this network (ResNet-{config.model.depth}, gated="
                        f"{config.model.gated}); -d must be the run's depth: {err}") from None
-    errors = Evaluator(model)(source.eval_dataset(config.train.eval_batch_size), config.train.eval_batches)
+    batches = source.eval_dataset(eval_batch_size(config.train, replicas))
+    errors = Evaluator(model)(batches, config.train.eval_batches)
     epsilon = epsilon_of(model)
     print(f"{path}: ResNet-{config.model.depth}{'' if epsilon is None else f', ε {epsilon:g}'} on "
           f"{source.num_eval} {config.data.name} validation images")

@@ -27,6 +27,7 @@ from epsilon_resnet.gate import CLOSED_AT_INFERENCE, StrictIdentity, gates_of, p
 from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.networks import build_resnet, network_parts
 from epsilon_resnet.structures import Structure, structure_for
+from epsilon_resnet.training import eval_batch_size
 
 DECISION = f"closed at inference: is_discarded moving average >= {CLOSED_AT_INFERENCE:g}"
 # Equal logits: both networks run the same operations on the same weights, and only the order
@@ -210,6 +211,8 @@ def compress_run(directory, step, check_batches=None, data_dir=None, source=None
     run_dir = run_folder.find_run(directory)
     compressed_cfg.refuse_existing_outputs(run_dir, step)
     config, source, gated, checkpoint = load_gated(run_dir, step, data_dir, source)
+    # Compression runs on one device: a null eval batch is the run's training batch on one GPU.
+    config = config_lib.replace(config, **{"train.eval_batch_size": eval_batch_size(config.train, 1)})
     record = record_at_step(read_metrics(run_dir), step)
     discarded, flickering = decide_at_inference(gated)
     check_data = source.eval_dataset(config.train.eval_batch_size)

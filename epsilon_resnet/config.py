@@ -28,7 +28,8 @@ class ModelConfig:
     n: typing.Optional[int] = 18         # CIFAR/SVHN: depth 6n+2
     depth: typing.Optional[int] = None   # ImageNet: 18, 34, 50, 101 or 152
     epsilon: float = 2.5
-    # [[epoch, ε], ...]: ε from the epoch after that one on (tensorpack's timing); empty keeps `epsilon`.
+    # [[epoch, ε], ...]: ε from the epoch after that one on (tensorpack's timing); empty keeps `epsilon`,
+    # and so does a point whose ε is null (the original's later schedule: [[0, 0.0], [150, null]]).
     epsilon_schedule: list = dataclasses.field(default_factory=list)
     gated: bool = True                   # False: the standard pre-activation ResNet baseline
     side_output: bool = True
@@ -42,7 +43,7 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = 128                # images per step: per replica, or global (batch_per_replica: false)
     batch_per_replica: bool = True       # CIFAR/SVHN: each GPU its own batch; ImageNet: one batch split
-    eval_batch_size: int = 128
+    eval_batch_size: typing.Optional[int] = 128  # null: the per-replica training batch (ImageNet: 256 // GPUs)
     eval_batches: typing.Optional[int] = None  # validate on the first K batches only (quick runs); None: all
     max_epoch: int = 1000
     steps_per_epoch: typing.Optional[int] = None  # None: training images // batch_size (whatever the GPUs)
@@ -125,13 +126,18 @@ def from_dict(raw, source="config"):
     return config
 
 
-def _check_points(where, points):
+def _check_points(where, points, null_value=None):
+    """null_value: what a null value stands for, if a null value is allowed (named in the error)."""
     def is_number(x):
         return isinstance(x, (int, float)) and not isinstance(x, bool)
 
-    if not points or any(not isinstance(p, (list, tuple)) or len(p) != 2 or not all(map(is_number, p))
-                         for p in points):
-        raise ConfigError(f"{where} must be a non-empty list of [epoch, value] pairs of numbers, got {points!r} "
+    def is_point(p):
+        return (isinstance(p, (list, tuple)) and len(p) == 2 and is_number(p[0])
+                and (is_number(p[1]) or (null_value is not None and p[1] is None)))
+
+    if not points or not all(map(is_point, points)):
+        values = "numbers" if null_value is None else f"numbers (or a null value: {null_value})"
+        raise ConfigError(f"{where} must be a non-empty list of [epoch, value] pairs of {values}, got {points!r} "
                           f"(YAML reads 1e-3 and 1.0e30 as strings: write 0.001, 1.0e-3 or 1.0e+30)")
     epochs = [p[0] for p in points]
     if epochs != sorted(epochs) or len(set(epochs)) != len(epochs):
@@ -148,8 +154,11 @@ def validate(config, source="config"):
         raise ConfigError(f"{source}: model.depth is required for {config.data.name}")
     if not imagenet and (config.model.n is None or config.model.n < 1):
         raise ConfigError(f"{source}: model.n must be >= 1 for {config.data.name}, got {config.model.n}")
-    if config.train.batch_size < 1 or config.train.eval_batch_size < 1 or config.train.max_epoch < 1:
-        raise ConfigError(f"{source}: train.batch_size, train.eval_batch_size and train.max_epoch must be >= 1")
+    if config.train.batch_size < 1 or config.train.max_epoch < 1:
+        raise ConfigError(f"{source}: train.batch_size and train.max_epoch must be >= 1")
+    if config.train.eval_batch_size is not None and config.train.eval_batch_size < 1:
+        raise ConfigError(f"{source}: train.eval_batch_size must be >= 1 (or null for the per-replica training "
+                          f"batch), got {config.train.eval_batch_size}")
     if config.train.eval_batches is not None and config.train.eval_batches < 1:
         raise ConfigError(f"{source}: train.eval_batches must be >= 1 (or null for the whole validation set), "
                           f"got {config.train.eval_batches}")
@@ -168,8 +177,9 @@ def validate(config, source="config"):
     if config.train.lr_restart_schedule is not None:
         _check_points(f"{source}: train.lr_restart_schedule", config.train.lr_restart_schedule)
     if config.model.epsilon_schedule:
-        _check_points(f"{source}: model.epsilon_schedule", config.model.epsilon_schedule)
-    epsilons = [config.model.epsilon] + [eps for _, eps in config.model.epsilon_schedule]
+        _check_points(f"{source}: model.epsilon_schedule", config.model.epsilon_schedule,
+                      null_value="model.epsilon, i.e. -e")
+    epsilons = [config.model.epsilon] + [eps for _, eps in config.model.epsilon_schedule if eps is not None]
     if not all(math.isfinite(eps) and eps >= 0 for eps in epsilons):
         raise ConfigError(f"{source}: ε must be a finite number >= 0 (a block is discarded when every |F| <= ε), "
                           f"got {epsilons}")
@@ -179,6 +189,13 @@ def validate(config, source="config"):
     if config.model.data_format not in DATA_FORMATS:
         raise ConfigError(f"{source}: model.data_format must be one of {DATA_FORMATS}, "
                           f"got {config.model.data_format!r}")
+
+
+def epsilon_is_used(model):
+    """Whether model.epsilon (what -e sets) is ever in force: not when the ε schedule has a point
+    at epoch 0 and every point sets its own ε."""
+    schedule = model.epsilon_schedule
+    return not any(epoch == 0 for epoch, _ in schedule) or any(eps is None for _, eps in schedule)
 
 
 def read_yaml(path, error, missing):

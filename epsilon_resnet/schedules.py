@@ -32,6 +32,14 @@ def piecewise(points, epoch, default=None):
     return value
 
 
+def epsilon_at(points, epoch, epsilon):
+    """ε in force during `epoch` under an ε schedule: `epsilon` (model.epsilon, i.e. -e) before
+    the first point and wherever a point's value is None (YAML null), so a schedule such as the
+    original's later one, [[0, 0.0], [150, null]], still takes ε from -e."""
+    value = piecewise(points, epoch, epsilon)
+    return epsilon if value is None else value
+
+
 def whole_blocks(discarded_cnt):
     """The number of blocks discarded_cnt stands for: its float32 stall below each integer
     is forgiven, a block still closing (the average between 0 and 1) does not count yet."""

@@ -27,7 +27,7 @@ from epsilon_resnet.evaluation import Evaluator
 from epsilon_resnet.gate import gates_of
 from epsilon_resnet.networks import build_from_config, kernels
 from epsilon_resnet.optimizers import TF1Momentum
-from epsilon_resnet.schedules import AdaptiveLearningRate, piecewise
+from epsilon_resnet.schedules import AdaptiveLearningRate, epsilon_at
 from epsilon_resnet.signals import StopRequest
 
 
@@ -52,15 +52,34 @@ class TrainingState(tf.train.experimental.PythonState):
         self.values = {**self.initial(), **json.loads(string_value)}
 
 
-def global_batch_size(train, replicas):
-    """CIFAR/SVHN feed every replica its own batch (train.batch_per_replica, as tensorpack fed
-    each GPU); ImageNet splits one global batch across the replicas."""
+def per_replica_batch(train, replicas):
+    """Images per replica and step. CIFAR/SVHN feed every replica its own batch
+    (train.batch_per_replica, as tensorpack fed each GPU); ImageNet splits one global batch
+    with the original's integer division (256 // 6 = 42 per GPU on 6 GPUs, docs/original.md §10)."""
     if train.batch_per_replica:
-        return train.batch_size * replicas
-    if train.batch_size % replicas:
-        raise RunError(f"the global batch of {train.batch_size} images does not split evenly across "
-                       f"{replicas} replicas; choose a batch size divisible by the number of GPUs")
-    return train.batch_size
+        return train.batch_size
+    if train.batch_size < replicas:
+        raise RunError(f"the global batch of {train.batch_size} images is smaller than the {replicas} replicas "
+                       f"it is split across; choose a batch size of at least the number of GPUs")
+    return train.batch_size // replicas
+
+
+def global_batch_size(train, replicas):
+    """Images per step over all replicas; a global batch that does not split evenly loses its
+    remainder, with a warning that names the batch actually trained on."""
+    per_replica = per_replica_batch(train, replicas)
+    if not train.batch_per_replica and train.batch_size % replicas:
+        logger.warning("the global batch of %d images does not split evenly across %d replicas: each replica "
+                       "trains on %d, %d images per step (the original's integer division)",
+                       train.batch_size, replicas, per_replica, per_replica * replicas)
+    return per_replica * replicas
+
+
+def eval_batch_size(train, replicas):
+    """train.eval_batch_size, or when it is null the per-replica training batch: tensorpack
+    evaluated on one tower in batches of the per-GPU batch (ImageNet: 256 // number of GPUs,
+    docs/original.md §10), and under the per-batch gate the batch decides which blocks close."""
+    return train.eval_batch_size or per_replica_batch(train, replicas)
 
 
 def build_optimizer(train, learning_rate):
@@ -145,7 +164,7 @@ class Trainer:
 
     def validation_errors(self, stop=None):
         """Errors and cost over the validation set (its first train.eval_batches batches, if set)."""
-        batches = self.source.eval_dataset(self.config.train.eval_batch_size)
+        batches = self.source.eval_dataset(eval_batch_size(self.config.train, self.strategy.num_replicas_in_sync))
         return self.evaluate(batches, max_batches=self.config.train.eval_batches, stop=stop)
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -262,7 +281,7 @@ class Trainer:
         """The values in force during this epoch: learning rate and (gated) the scheduled ε."""
         logs = {"learning_rate": float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))}
         if gates_of(self.model):
-            logs["epsilon"] = piecewise(self.config.model.epsilon_schedule, epoch, self.config.model.epsilon)
+            logs["epsilon"] = epsilon_at(self.config.model.epsilon_schedule, epoch, self.config.model.epsilon)
         return logs
 
     def _train_epoch(self, epoch, iterator, callbacks, stop, progress):

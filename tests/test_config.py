@@ -1,8 +1,11 @@
 """Config files: shipped ones load, bad ones fail with a message that names the problem."""
 import pytest
 
+from epsilon_resnet import cli
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.config import ConfigError
+from epsilon_resnet.schedules import epsilon_at
+from cli_helpers import exit_code
 
 
 def write(tmp_path, text):
@@ -29,6 +32,8 @@ def test_round_trip_through_yaml(tmp_path):
     ("data: {name: imagenet}", "model.depth is required"),
     ("model: [1, 2]", "section 'model' must be a mapping"),
     ("model: {n: 3", "not valid YAML"),
+    ("train: {lr_schedule: [[0, null]]}", "pairs of numbers, got"),
+    ("model: {epsilon_schedule: [[0, 0.0], [150, -1.0]]}", "ε must be >= 0"),
 ])
 def test_malformed_config_names_the_problem(tmp_path, text, fragment):
     path = write(tmp_path, text)
@@ -45,3 +50,31 @@ def test_missing_config_file_says_where_the_shipped_ones_are(tmp_path):
 def test_override_is_validated():
     with pytest.raises(ConfigError, match="train.batch_size must be int"):
         config_lib.replace(config_lib.shipped("cifar10"), **{"train.batch_size": "big"})
+
+
+def resolved(tmp_path, schedule, *flags):
+    """The config cifarEpsilonResnet.py would train with --config (ε 2.5, this schedule) and flags."""
+    path = write(tmp_path, f"model: {{epsilon: 2.5, epsilon_schedule: {schedule}}}")
+    args = cli.training_parser("test", "batch").parse_args(["--config", path, *flags])
+    return cli.resolve_config(args, None)
+
+
+def test_e_takes_the_null_points_of_the_originals_later_epsilon_schedule(tmp_path):
+    """[[0, 0.0], [150, null]]: ε = 0 in epochs 1-150 (a point holds from the epoch after it), then -e."""
+    model = resolved(tmp_path, "[[0, 0.0], [150, null]]", "-e", "1.8").model
+    assert [epsilon_at(model.epsilon_schedule, e, model.epsilon) for e in (1, 150, 151, 400)] == [0.0, 0.0, 1.8, 1.8]
+
+
+def test_e_before_the_first_point_of_a_schedule_without_epoch_0(tmp_path):
+    model = resolved(tmp_path, "[[3, 4.0]]", "-e", "1.8").model
+    assert [epsilon_at(model.epsilon_schedule, e, model.epsilon) for e in (1, 3, 4)] == [1.8, 1.8, 4.0]
+
+
+def test_e_that_a_schedule_from_epoch_0_would_ignore_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(tmp_path, "model: {n: 1, epsilon_schedule: [[0, 0.5], [150, 2.5]]}")
+    assert exit_code(cli.cifar_main, "--config", path, "-e", "1.8", "-o", "x") == 1
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and message.startswith("error: -e 1.8 would never be in force")
+    assert "[[0, 0.5], [150, 2.5]]" in message and "null" in message
+    assert not (tmp_path / "train_log.x").exists()

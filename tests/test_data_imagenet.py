@@ -26,10 +26,11 @@ FILES = [
     ("train", "n00000002", "broken.JPEG", (50, 50), "broken"),
     ("train", "n00000002", "d.JPEG", (50, 80), ".JPEG"),
     ("train", "n00000002", "e.JPEG", (45, 45), ".png"),  # a PNG named .JPEG, as ImageNet has one
-    ("val", "n00000001", "v1.JPEG", (70, 50), ".JPEG"),
-    ("val", "n00000002", "v2.JPEG", (40, 90), ".JPEG"),
-    ("val", "n00000002", "v3_broken.JPEG", (40, 40), "broken"),
-    ("val", "n00000002", "v4.JPEG", (60, 60), ".png"),
+    # named by ILSVRC2012 image id, whose order (3 of class 2 first) is not the class folders'
+    ("val", "n00000001", "ILSVRC2012_val_00000003.JPEG", (70, 50), ".JPEG"),
+    ("val", "n00000002", "ILSVRC2012_val_00000001.JPEG", (40, 90), ".JPEG"),
+    ("val", "n00000002", "ILSVRC2012_val_00000004.JPEG", (40, 40), "broken"),
+    ("val", "n00000002", "ILSVRC2012_val_00000002.JPEG", (60, 60), ".png"),
 ]
 
 
@@ -73,7 +74,8 @@ def test_eval_skips_the_broken_file_and_matches_resize_then_centre_crop(imagenet
     batches = [(x.numpy(), y.numpy()) for x, y in source.eval_dataset(2)]
     images = np.concatenate([b[0] for b in batches])
     labels = np.concatenate([b[1] for b in batches])
-    good = [f for f in FILES if f[0] == "val" and f[4] != "broken"]
+    good = sorted((f for f in FILES if f[0] == "val" and f[4] != "broken"), key=lambda f: f[2])  # by image id
+    np.testing.assert_array_equal(labels, [1, 1, 0])
     np.testing.assert_array_equal(labels, [int(wnid[-1]) - 1 for _, wnid, *_ in good])
     for image, (split, wnid, name, *_) in zip(images, good):
         np.testing.assert_allclose(image, reference_eval(os.path.join(imagenet_dir, split, wnid, name), SIZE), atol=0.01)
@@ -102,6 +104,24 @@ def test_a_broken_file_is_reported_as_a_warning(imagenet_dir):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "images: 3" in run.stdout
     assert "Invalid JPEG data" in run.stderr  # the warning quotes the decoder's error
+
+
+def test_validation_files_not_named_by_image_id_come_in_a_fixed_shuffled_order(tmp_path):
+    """8 flat images, 4 per class folder, grey level 20·k for file k of the class-folder order."""
+    for k in range(8):
+        fx.write_image(str(tmp_path / "val" / f"n{k // 4}" / f"{k}.png"), np.full((20, 20, 3), 20 * k, np.uint8), ".png")
+    fx.write_image(str(tmp_path / "train" / "n0" / "a.png"), fx.smooth_image(20, 20, 0), ".png")
+    fx.write_image(str(tmp_path / "train" / "n1" / "a.png"), fx.smooth_image(20, 20, 1), ".png")
+
+    def eval_order():
+        batches = list(get_source("imagenet", str(tmp_path), image_size=8).eval_dataset(4))
+        grey = np.concatenate([x.numpy()[:, 0, 0, 0] for x, _ in batches])
+        return [int(round(g / 20)) for g in grey], [set(y.numpy()) for _, y in batches]
+
+    order, classes_per_batch = eval_order()
+    assert sorted(order) == list(range(8)) and order != list(range(8))
+    assert eval_order()[0] == order                 # fixed: the same order every time
+    assert classes_per_batch == [{0, 1}, {0, 1}]    # batches mix the classes
 
 
 def test_cmyk_and_grayscale_jpegs_decode_to_rgb(tmp_path):

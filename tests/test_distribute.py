@@ -308,3 +308,37 @@ def test_two_workers_agree_only_the_chief_writes_and_they_resume_and_stop_togeth
     assert f"after saving train_log.mw/model-{step}" in chief_err
     assert tf.train.latest_checkpoint(str(run_dir)).endswith(f"model-{step}")
     assert os.listdir(chief_dir / "tmp1") == []
+
+
+def test_a_global_batch_that_does_not_split_evenly_trains_on_its_integer_division_with_a_warning(
+        caplog, monkeypatch):
+    """ResNet-152 as the original ran it on 6 GPUs: 256 // 6 = 42 images per GPU, 252 per step."""
+    from epsilon_resnet import config as config_lib
+    from epsilon_resnet import training
+
+    monkeypatch.setattr(training.logger, "propagate", True)  # setup_logging may have cut it off
+    train = config_lib.shipped("imagenet").train
+    with caplog.at_level("WARNING", logger="epsilon_resnet"):
+        assert [training.global_batch_size(train, gpus) for gpus in (1, 4, 6)] == [256, 256, 252]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "6 replicas" in warnings[0] and "42, 252 images per step" in warnings[0]
+    # tensorpack validated on one tower in batches of the per-GPU training batch
+    assert [training.eval_batch_size(train, gpus) for gpus in (1, 4, 6)] == [256, 64, 42]
+    cifar = config_lib.shipped("cifar10").train
+    assert [training.global_batch_size(cifar, gpus) for gpus in (1, 3)] == [128, 384]
+    assert [training.eval_batch_size(cifar, gpus) for gpus in (1, 3)] == [128, 128]
+    with pytest.raises(training.RunError, match="smaller than the 6 replicas"):
+        training.global_batch_size(config_lib.replace(config_lib.shipped("imagenet"),
+                                                      **{"train.batch_size": 4}).train, 6)
+
+
+@pytest.mark.slow
+def test_three_cpu_replicas_split_a_global_batch_of_8_into_2_each(tmp_path, tiny_cifar):
+    config = write_config(str(tmp_path), tiny_cifar, batch_per_replica=False, eval_batch_size=None)
+    done = subprocess.run([sys.executable, SCRIPT, "--cpu-replicas", "3", "--config", config, "-o", "m"],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "each replica trains on 2, 6 images per step" in output
+    assert "MirroredStrategy, 3 replica(s), 6 images per step" in output
+    assert [r["global_step"] for r in read_metrics(str(tmp_path / "train_log.m"))] == [3]

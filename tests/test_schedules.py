@@ -1,6 +1,7 @@
 """The adaptive learning rate (docs/original.md §5): lr traces epoch by epoch and restart epochs,
 written out by hand from the original's tables and tensorpack's timing (a point (e, v) is in
 force from epoch e + 1)."""
+import numpy as np
 import pytest
 
 from epsilon_resnet import config as config_lib
@@ -150,3 +151,28 @@ def test_shipped_cifar_weight_decay_is_the_original():
     train = config_lib.shipped("cifar10").train
     assert (train.weight_decay, train.weight_decay_rate, train.weight_decay_steps, train.batch_size) == (
         0.0002, 0.2, 480000, 128)
+
+
+def original_discarded_cnt(counts_per_epoch, steps_per_epoch=390, decay=0.95):
+    """The original's discarded_cnt at each epoch end: ONE float32 moving average (TF1's
+    shadow −= (shadow − x)·(1 − d), tensorpack's d = min(decay, (1 + t)/(10 + t))) of the
+    per-step count of closed blocks, here `counts_per_epoch[e]` on every step of epoch e + 1."""
+    shadow, one, ends, t = np.float32(0), np.float32(1), [], 0
+    for count in counts_per_epoch:
+        for _ in range(steps_per_epoch):
+            d = min(np.float32(decay), np.float32(1 + t) / np.float32(10 + t))
+            shadow = np.float32(shadow - np.float32((shadow - np.float32(count)) * (one - d)))
+            t += 1
+        ends.append(float(shadow))
+    return ends
+
+
+def test_original_float32_stall_restarts_only_some_single_closures():
+    """One more block closed in each of epochs 2..18: the original's rule (a rise >= 1 between
+    two epoch-end values, compared as Python floats) fires for exactly the closures of
+    docs/original.md §5's table; whole blocks fire for every one of them."""
+    history = original_discarded_cnt(range(18))   # epoch e ends with e − 1 blocks closed
+    rises_to_one = {k for k in range(17) if history[k + 1] - history[k] >= 1}
+    assert rises_to_one == {3, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15}   # k → k+1 reaches 1
+    assert set(range(17)) - rises_to_one == {0, 1, 2, 4, 8, 16}        # ... falls short
+    assert restarts(history) == list(range(2, 19))  # the project: one restart per closure

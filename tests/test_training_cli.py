@@ -102,3 +102,21 @@ def test_plain_network_trains_with_the_step_schedule(tmp_path, monkeypatch, tiny
     records = read_metrics(str(tmp_path / "train_log.plain"))
     assert [r["learning_rate"] for r in records] == pytest.approx([0.1, 0.01])
     assert not any(key.endswith("/is_discarded") or key.startswith("discarded") for key in records[-1])
+
+
+@pytest.mark.slow
+def test_load_starts_at_the_schedules_first_rate_not_the_checkpoints(tmp_path, monkeypatch, tiny_cifar):
+    """A checkpoint trained at 0.01, loaded by a run whose schedule has no point at epoch 0 (as
+    SVHN's): epoch 1 runs at the schedule's first rate, 0.1 (tensorpack kept the checkpoint's)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "slow").mkdir()
+    (tmp_path / "svhn_like").mkdir()
+    slow = write_config(str(tmp_path / "slow"), tiny_cifar, max_epoch=1, lr_schedule=[[0, 0.01]],
+                        lr_restart_schedule=None)
+    assert run("--config", slow, "-o", "slow") == 0
+    assert read_metrics(str(tmp_path / "train_log.slow"))[0]["learning_rate"] == pytest.approx(0.01)
+    svhn_like = write_config(str(tmp_path / "svhn_like"), tiny_cifar, max_epoch=2, lr_schedule=[[1, 0.1], [5, 0.01]],
+                             lr_restart_schedule=None)
+    assert run("--config", svhn_like, "-o", "loaded", "--load", str(tmp_path / "train_log.slow" / "model-3")) == 0
+    loaded = read_metrics(str(tmp_path / "train_log.loaded"))
+    assert [(r["epoch"], r["learning_rate"]) for r in loaded] == [(1, pytest.approx(0.1)), (2, pytest.approx(0.1))]

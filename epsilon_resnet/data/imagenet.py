@@ -1,12 +1,17 @@
 """ImageNet (ILSVRC-2012) from a folder of JPEGs or a folder tensorflow-datasets prepared.
 
 The folder form is `train/<wnid>/*.JPEG` and `val/<wnid>/*.JPEG`; class k is the k-th
-train wnid in sorted order (the order tensorflow-datasets uses too). Images are decoded
+train wnid in sorted order (the order tensorflow-datasets uses too). The validation images
+are evaluated in ILSVRC2012 image-id order (ILSVRC2012_val_00000001.JPEG, ...), the val.txt
+order the original read, which mixes the classes in every batch; when the files are not
+named so, in a fixed shuffled order (docs/original.md §10: under the per-batch gate a batch's
+composition decides which blocks close). Images are decoded
 inside tf.data. A file that does not decode is skipped with a warning instead of ending an
 epoch hours in: ImageNet ships a few odd files (a PNG named .JPEG, CMYK JPEGs), which
 tf.io.decode_image reads, but a damaged copy would otherwise stop the run.
 """
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -17,6 +22,8 @@ from epsilon_resnet.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 TFDS_NAME = "imagenet2012"
+VAL_IMAGE_ID = re.compile(r"ILSVRC2012_val_(\d+)\.\w+", re.IGNORECASE)
+VAL_ORDER_SEED = 0  # the fixed shuffle of validation files not named by their image id
 SHUFFLE_BUFFER = 10_000  # encoded images (~110 kB each) shuffled after tfds's file-level shuffle
 LAYOUT = ("train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (one folder per class named by its WordNet id, "
           "e.g. n01440764, the same ids in both)")
@@ -25,6 +32,15 @@ LAYOUT = ("train/<wnid>/*.JPEG and val/<wnid>/*.JPEG (one folder per class named
 def decode(contents):
     """Any JPEG (RGB, grayscale or CMYK), or a PNG, as uint8 HxWx3."""
     return tf.io.decode_image(contents, channels=3, expand_animations=False)
+
+
+def validation_order(paths):
+    """Indices putting validation image paths in image-id order if every file is named by its
+    ILSVRC2012 id, else in a fixed shuffled order, so that a batch mixes classes either way."""
+    ids = [VAL_IMAGE_ID.fullmatch(os.path.basename(path)) for path in paths]
+    if all(ids):
+        return np.argsort([int(match.group(1)) for match in ids], kind="stable")
+    return np.random.default_rng(VAL_ORDER_SEED).permutation(len(paths))
 
 
 def list_classes(split_dir):
@@ -53,16 +69,18 @@ class ImageFolderSource(IndexedSource):
             raise DataError(f"imagenet: {val_dir} has class folders that {train_dir} lacks: {', '.join(unknown[:10])}"
                             f"{' ...' if len(unknown) > 10 else ''}; class ids come from the train folders")
         class_index = {wnid: k for k, wnid in enumerate(train)}
-        columns = {split: self._table(classes, class_index) for split, classes in (("train", train), ("eval", val))}
+        columns = {"train": self._table(train, class_index), "eval": self._table(val, class_index, validation_order)}
         super().__init__("imagenet", len(train), (image_size, image_size, 3), len(columns["train"][0]),
                          len(columns["eval"][0]), IMAGENET_MEAN, IMAGENET_SCALE, augment.imagenet_train(image_size),
                          augment.imagenet_eval(image_size), columns=columns)
 
     @staticmethod
-    def _table(classes, class_index):
+    def _table(classes, class_index, order=None):
+        """(paths, labels) class folder by class folder, or in the order `order(paths)` gives."""
         paths = [path for wnid in classes for path in classes[wnid]]
-        labels = [class_index[wnid] for wnid in classes for _ in classes[wnid]]
-        return np.array([os.fsencode(path) for path in paths], dtype=object), np.array(labels, np.int32)
+        labels = np.array([class_index[wnid] for wnid in classes for _ in classes[wnid]], np.int32)
+        indices = order(paths) if order else np.arange(len(paths))
+        return np.array([os.fsencode(paths[i]) for i in indices], dtype=object), labels[indices]
 
     def _example(self, path, label):
         return decode(tf.io.read_file(path)), label
@@ -96,6 +114,8 @@ class TfdsImageNetSource(DataSource):
         return self._decoded(self._records("train", seed, shard).repeat().shuffle(SHUFFLE_BUFFER, seed=seed))
 
     def _eval_examples(self):
+        # In the order tensorflow-datasets stored them (shuffled when it prepared the split):
+        # batches mix classes, but the order is not the image ids' (README, differences).
         return self._decoded(self._records("validation"))
 
 
