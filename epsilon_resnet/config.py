@@ -69,6 +69,7 @@ class TrainConfig:
     deterministic: bool = False          # tf.config.experimental.enable_op_determinism(); needs a seed
     mixed_precision: bool = False
     jit_compile: bool = False
+    skip_closed_backward: bool = True    # no backward pass through the branch of a closed block
     log_every: int = 1                   # steps between progress-bar updates
 
 

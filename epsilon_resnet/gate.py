@@ -109,6 +109,66 @@ def gated_sum(shortcut, residual, gate):
     return out, gradient
 
 
+def _ancestor_ops(tensor):
+    """Names of every op `tensor` depends on (itself included), within its graph."""
+    seen, stack = set(), [tensor.op]
+    while stack:
+        op = stack.pop()
+        if op.name not in seen:
+            seen.add(op.name)
+            stack.extend(t.op for t in op.inputs)
+    return seen
+
+
+def branch_inputs(residual, shortcut):
+    """The float tensors the residual branch F takes from outside itself: the tensors it
+    shares with the shortcut's computation (the block input) and its variable reads.
+
+    Walks F's graph back from F and stops at a tensor the shortcut also depends on, at a
+    variable read (ReadVariableOp) and at leaves; the ops passed on the way are the branch's
+    (its convolutions, batch norms and ReLUs, and a pre-activation that only the branch reads).
+    """
+    outside = _ancestor_ops(shortcut)
+    inputs, seen, stack = [], set(), [residual.op]
+    while stack:
+        for t in stack.pop().inputs:
+            if t.name in seen:
+                continue
+            seen.add(t.name)
+            if t.op.name in outside or t.op.type == "ReadVariableOp" or not t.op.inputs:
+                if t.dtype.is_floating:
+                    inputs.append(t)
+            else:
+                stack.append(t.op)
+    return inputs
+
+
+def skip_closed_backward(residual, shortcut, gate):
+    """F itself, but with the branch's whole backward pass inside a `tf.cond` on the gate.
+
+    The tape no longer backpropagates through the branch's ops: F's gradient goes to the
+    branch's inputs (`branch_inputs`) through one custom gradient, which runs the branch's
+    registered gradients (tf.gradients over the same forward ops) when the gate is not 0 and
+    returns zeros, the exact gradient a closed gate passes, without any kernel when it is 0.
+    Weight decay reads the kernels outside the branch and batch-norm statistics update in the
+    forward pass, so both are unaffected. Graph mode only (tf.function); eagerly F is returned
+    unchanged and the tape differentiates the branch as before.
+    """
+    if tf.executing_eagerly() or not hasattr(residual, "op") or not hasattr(shortcut, "op"):
+        return residual
+    inputs = branch_inputs(residual, shortcut)
+
+    @tf.custom_gradient
+    def conditional_backward(f, *unused_inputs):
+        def gradient(dy):
+            grads = tf.cond(gate == 0.0, lambda: [tf.zeros_like(t) for t in inputs],
+                            lambda: tf.gradients(residual, inputs, grad_ys=dy,
+                                                 unconnected_gradients=tf.UnconnectedGradients.ZERO))
+            return [None, *grads]
+        return tf.identity(f), gradient
+    return conditional_backward(residual, *inputs)
+
+
 @keras.saving.register_keras_serializable(package="epsilon_resnet")
 class StrictIdentity(keras.layers.Layer):
     """The strict-identity gate of one residual block, with its own ε and monitoring averages.
@@ -133,6 +193,8 @@ class StrictIdentity(keras.layers.Layer):
         self.initial_epsilon = float(epsilon)
         self.block = block or self.name  # the user-facing block name, e.g. "res2.9" or "group2/block9"
         self.ema_decay = float(ema_decay)
+        # A training-step setting (train.skip_closed_backward), not part of the saved layer.
+        self.skip_closed_backward = True
 
     def build(self, input_shape):
         def weight(name, initializer="zeros", dtype="float32"):
@@ -154,6 +216,8 @@ class StrictIdentity(keras.layers.Layer):
             self.update_monitors((1.0 - gate, max_abs, mean_abs))
         if shortcut is None:
             return residual * tf.cast(gate, residual.dtype)
+        if training and self.skip_closed_backward:
+            residual = skip_closed_backward(residual, shortcut, gate)
         return gated_sum(shortcut, residual, gate)
 
     def stored_gate_call(self, shortcut, residual):

@@ -105,6 +105,8 @@ class Trainer:
                                            train.lr_restart_threshold, train.lr_restart_last_k)
         with self.strategy.scope():
             self.model = build_from_config(config.model, self.source)
+            for gate in gates_of(self.model):
+                gate.skip_closed_backward = train.skip_closed_backward
             self.optimizer = self.model.optimizer = build_optimizer(train, self.policy.lr_at(1))
             self.optimizer.build(self.model.trainable_variables)
             # The training stream's seed: train.seed, or one drawn when the run starts. Kept in
