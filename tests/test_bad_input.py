@@ -14,7 +14,7 @@ from cli_helpers import exit_code, write_tiny_config
 train = functools.partial(exit_code, cifar_main)
 compress = functools.partial(exit_code, compress_main)
 evaluate = functools.partial(exit_code, cifar_compressed_main)
-QUICK = ("--decide-batches", 1, "--check-batches", 1)
+QUICK = ("--check-batches", 1)
 
 
 @pytest.fixture(scope="module")

@@ -66,11 +66,11 @@ def test_compression_refuses_a_locked_run_and_removes_a_killed_compression_s_tem
     (tmp_path / "train_log.c" / leftovers[0]).write_text("half a cfg")
     (tmp_path / "train_log.c" / leftovers[1]).mkdir()
     process = holder(tmp_path / "train_log.c")
-    assert compress("--dir", "train_log.c", "--step", 3, "--decide-batches", 1, "--check-batches", 1) == 1
+    assert compress("--dir", "train_log.c", "--step", 3, "--check-batches", 1) == 1
     assert f"train_log.c is in use by PID {process.pid}" in capsys.readouterr().err
     process.kill()
     process.wait()
-    assert compress("--dir", "train_log.c", "--step", 3, "--decide-batches", 1, "--check-batches", 1) == 0
+    assert compress("--dir", "train_log.c", "--step", 3, "--check-batches", 1) == 0
     names = os.listdir(tmp_path / "train_log.c")
     assert "compressed_model_3.cfg" in names and not set(leftovers) & set(names)
 
@@ -114,7 +114,7 @@ def test_a_cut_last_metrics_line_is_moved_aside_on_resume_and_the_run_still_comp
     assert (tmp_path / "train_log.cut" / "metrics.jsonl.cut-line-2").read_text() == cut.splitlines()[1]
     lines = path.read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 3]  # epoch 2's record was lost with its line
-    assert compress("--dir", "train_log.cut", "--step", 9, "--decide-batches", 1, "--check-batches", 1) == 0
+    assert compress("--dir", "train_log.cut", "--step", 9, "--check-batches", 1) == 0
     plot_runs_module().main(["train_log.cut", "--out", str(tmp_path / "figures")])
     assert "val_error.png" in os.listdir(tmp_path / "figures")
 
