@@ -20,8 +20,10 @@ import keras
 import tensorflow as tf
 
 from epsilon_resnet import callbacks as cbs
-from epsilon_resnet import data, distribute, losses, run_folder, runtime
+from epsilon_resnet import config as config_lib
+from epsilon_resnet import console, data, distribute, losses, run_folder, runtime
 from epsilon_resnet.console import logger, setup_logging
+from epsilon_resnet.data import files
 from epsilon_resnet.errors import Interrupted, RunError
 from epsilon_resnet.evaluation import Evaluator
 from epsilon_resnet.gate import gates_of
@@ -289,10 +291,8 @@ class Trainer:
     def _train_epoch(self, epoch, iterator, callbacks, stop, progress):
         """The epoch's remaining training steps; their metric sums go into the run state."""
         state = self.state.values
-        bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["cost", "discarded_cnt"],
-                                  verbose=1 if progress else 0)
-        if progress:
-            print(f"Epoch {epoch}/{self.config.train.max_epoch}")
+        bar = console.epoch_progress(epoch, self.config.train.max_epoch, self.steps_per_epoch, self.global_batch,
+                                     state["step_in_epoch"], show=progress)
         for step in range(state["step_in_epoch"], self.steps_per_epoch):
             callbacks.on_train_batch_begin(step)
             values = {k: float(v) for k, v in self.train_step(iterator, stop.tensor()).items()}
@@ -308,8 +308,7 @@ class Trainer:
             if (step + 1) % self.config.train.log_every == 0 or step + 1 == self.steps_per_epoch:
                 bar.update(step + 1, [(k, values[k]) for k in ("cost", "train_error", "discarded_cnt") if k in values])
             if stopping:
-                if progress:
-                    print()  # end the progress bar's line
+                bar.end_line()
                 raise self._stop(stop.signal or "another worker", f"step {step + 1} of epoch {epoch}")
 
     def _end_epoch(self, epoch, logs, callbacks, stop):
@@ -365,6 +364,8 @@ def train_and_evaluate(config, run_dir, load=None, resume=False, strategy=None, 
     checkpoint are checked before the run folder is created, so a mistyped path leaves
     nothing behind. In a multi-worker run only the chief writes run_dir.
     """
+    if config.data.dir:  # absolute in config.yaml, so that compressModel finds the data from any folder
+        config = config_lib.replace(config, **{"data.dir": files.resolve(config.data.dir)})
     source = data.get_source(config.data.name, config.data.dir, **config.data.options)
     _start_point(run_dir, load, resume)
     strategy = strategy or tf.distribute.get_strategy()
