@@ -156,6 +156,8 @@ def skip_closed_backward(residual, shortcut, gate):
     """
     if tf.executing_eagerly() or not hasattr(residual, "op") or not hasattr(shortcut, "op"):
         return residual
+    if not residual.op.inputs or residual.op.name in _ancestor_ops(shortcut):
+        return residual  # F has no ops of its own (an input, or the shortcut's own computation)
     inputs = branch_inputs(residual, shortcut)
 
     @tf.custom_gradient

@@ -4,6 +4,8 @@ import os
 
 import yaml
 
+from epsilon_resnet import run_folder
+
 
 def exit_code(main, *argv):
     """A main function's exit code (0 when it returns)."""
@@ -15,10 +17,15 @@ def exit_code(main, *argv):
 
 
 def snapshot(folder):
-    """{relative path: sha256} of every file below folder, to prove a command left it untouched."""
+    """{relative path: sha256} of every file below folder, to prove a command left it untouched.
+
+    The run folder's lock file is left out: every process that holds the lock writes its PID there.
+    """
     hashes = {}
     for root, _, files in os.walk(folder):
         for name in files:
+            if name == run_folder.LOCK_FILE:
+                continue
             path = os.path.join(root, name)
             with open(path, "rb") as f:
                 hashes[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
