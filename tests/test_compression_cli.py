@@ -12,10 +12,11 @@ import pytest
 
 from data_fixtures import write_cifar10_python
 from epsilon_resnet import compressed_cfg, data
+from epsilon_resnet import config as config_lib
 from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.cli import (compress_main, cifar_compressed_main, imagenet_compressed_main, imagenet_main,
-                                svhn_compressed_main)
-from cli_helpers import exit_code, snapshot
+                                cifar_main, svhn_compressed_main)
+from cli_helpers import exit_code, snapshot, write_tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -155,3 +156,15 @@ def test_command_line_errors_exit_nonzero_with_the_reason(trained, tmp_path, cap
     broken.write_text(text.replace("weights:", "weight_file:"))
     assert exit_code(cifar_compressed_main, "--cfg", broken) == 1
     assert "missing key 'weights'" in capsys.readouterr().err
+
+
+def test_a_run_trained_with_a_relative_data_folder_compresses_from_another_folder(tmp_path, monkeypatch, tiny_cifar):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    monkeypatch.chdir(work)
+    config = write_tiny_config(str(work), tiny_cifar, max_epoch=1)
+    relative = os.path.relpath(tiny_cifar, work)
+    assert exit_code(cifar_main, "--config", config, "--data", relative, "-o", "rel") == 0
+    assert config_lib.load(str(work / "train_log.rel" / "config.yaml")).data.dir == os.path.abspath(tiny_cifar)
+    monkeypatch.chdir(elsewhere)  # where `relative` leads nowhere
+    assert exit_code(compress_main, "--dir", work / "train_log.rel", "--step", 3, "--check-batches", 1) == 0

@@ -60,7 +60,7 @@ def test_the_library_import_is_quiet_and_keeps_a_log_level_the_user_set():
                                                  "print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert (done.returncode, done.stderr, done.stdout) == (0, "", "3\n")
-    done = subprocess.run([sys.executable, "-c", "import os, sys, epsilon_resnet; "
-                                                 "print(os.environ['TF_CPP_MIN_LOG_LEVEL'], 'tensorflow' in sys.modules)"],
-                          env={**env, "TF_CPP_MIN_LOG_LEVEL": "1"}, capture_output=True, text=True, timeout=300)
+    script = "import os, sys, epsilon_resnet; print(os.environ['TF_CPP_MIN_LOG_LEVEL'], 'tensorflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", script], env={**env, "TF_CPP_MIN_LOG_LEVEL": "1"},
+                          capture_output=True, text=True, timeout=300)
     assert done.stdout == "1 False\n", done.stderr  # and the package's import does not import TensorFlow

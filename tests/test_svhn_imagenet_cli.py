@@ -141,3 +141,20 @@ def test_the_configs_data_format_reaches_the_network():
         "data.options": {"image_size": 32, "num_classes": 20, "num_train": 8, "num_eval": 4}})
     model = build_from_config(config.model, data.get_source(config.data.name, **config.data.options))
     assert model.get_layer("conv0").data_format == "channels_first"
+
+
+def test_svhn_without_extra_names_a_spelling_the_command_line_takes(tmp_path, monkeypatch, capsys, svhn_dir):
+    monkeypatch.chdir(tmp_path)
+    data_dir = tmp_path / "svhn"
+    data_dir.mkdir()
+    for split in ("train", "test"):
+        os.symlink(os.path.join(svhn_dir, f"{split}_32x32.mat"), data_dir / f"{split}_32x32.mat")
+    quick = ("-n", "1", "--batch-size", "8", "--max-epoch", "1", "--data", data_dir)
+    assert exit_code(svhn_main, *quick) == 1
+    assert "a copy of configs/svhn.yaml with data.options.use_extra: false, given as --config" in \
+        capsys.readouterr().err
+    shipped = open(os.path.join(REPO, "configs", "svhn.yaml")).read()
+    (tmp_path / "svhn.yaml").write_text(shipped.replace("use_extra: true", "use_extra: false"))
+    assert exit_code(svhn_main, "--config", "svhn.yaml", *quick) == 0
+    (record,) = read_metrics(str(tmp_path / "train_log.svhn-e_1.5-n_1"))
+    assert record["global_step"] == 24 // 8  # train only

@@ -43,7 +43,9 @@ def _arrays(data_dir, train_splits):
     tfds_dir = os.path.join(files.entry(data_dir, TFDS_NAME), "<version>", "dataset_info.json")
     raise files.not_found(
         "svhn", data_dir, [*paths.values(), tfds_dir],
-        f"{', '.join(MAT_FILES[split] for split in paths)} (without extra_32x32.mat, pass use_extra=False), "
+        f"{', '.join(MAT_FILES[split] for split in paths)} (to train without extra_32x32.mat: "
+        f"a copy of configs/svhn.yaml with data.options.use_extra: false, given as --config; use_extra=False "
+        f"in code), "
         f"or a folder prepared by tensorflow-datasets ({TFDS_NAME}/<version>/)")
 
 

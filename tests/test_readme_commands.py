@@ -1,0 +1,38 @@
+"""The README's command lines agree with the program: a `--load train_log.<name>/...` names the
+run folder that a training command before it creates (the scripts' own default names)."""
+import os
+import shlex
+
+from epsilon_resnet import cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MAINS = {"cifarEpsilonResnet.py": cli.cifar_main, "svhnEpsilonResnet.py": cli.svhn_main,
+         "imagenetEpsilonResnet.py": cli.imagenet_main}
+
+
+def readme_training_commands():
+    """[argv] of every training-script line in the README's bash blocks, in order."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        blocks = f.read().split("```bash")[1:]
+    lines = (line.split("#", 1)[0] for block in blocks for line in block.split("```", 1)[0].splitlines())
+    return [argv for argv in map(shlex.split, lines) if len(argv) > 1 and os.path.basename(argv[1]) in MAINS]
+
+
+def test_a_loaded_checkpoint_s_folder_is_one_that_a_command_before_it_creates(monkeypatch):
+    created = []
+
+    def record_run_folder(args, dataset, default_output, **overrides):
+        config = cli.resolve_config(args, dataset, **overrides)
+        created.append(f"train_log.{args.output or default_output(config)}")
+    monkeypatch.setattr(cli, "run_training", record_run_folder)
+    monkeypatch.setattr(cli, "start_tensorflow", lambda args: None)
+    loads = 0
+    for argv in readme_training_commands():
+        flags = argv[2:]
+        if "--eval" in flags:
+            loads += 1
+            load = flags[flags.index("--load") + 1]
+            assert os.path.dirname(load) in created, f"{shlex.join(argv)}: the commands before it create {created}"
+        else:
+            MAINS[os.path.basename(argv[1])](flags)
+    assert loads and "train_log.imagenet-d_101-e_2" in created
