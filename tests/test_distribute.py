@@ -255,6 +255,7 @@ def run_workers(script, config, max_epoch, cwds):
     return finish(start_workers(script, config, max_epoch, cwds))
 
 
+@pytest.mark.slow
 def test_two_workers_agree_only_the_chief_writes_and_they_resume_and_stop_together(tmp_path, tiny_cifar):
     config = write_config(str(tmp_path), tiny_cifar)
     script = tmp_path / "worker.py"

@@ -143,6 +143,7 @@ def latest_step(run_dir):
     return int(latest.rsplit("-", 1)[1]) if latest else None
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_kill_9_leaves_a_loadable_latest_checkpoint(
         tmp_path, monkeypatch, tiny_cifar, start_training):
     monkeypatch.chdir(tmp_path)

@@ -35,6 +35,7 @@ class CloseAt(keras.callbacks.Callback):
         self._close()
 
 
+@pytest.mark.slow
 def test_an_early_and_a_late_closure_each_restart_the_schedule_once(tmp_path, tiny_cifar):
     config = config_lib.from_dict({
         "data": {"name": "cifar10", "dir": tiny_cifar},

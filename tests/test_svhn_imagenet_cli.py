@@ -73,6 +73,7 @@ def fake_run(depth, fake_config, *extra):
                      "--batch-size", "4", "--steps-per-epoch", "2", "--max-epoch", "1", *extra)
 
 
+@pytest.mark.slow
 def test_fake_resnet50_short_run(tmp_path, monkeypatch, fake_config):
     monkeypatch.chdir(tmp_path)
     assert fake_run(50, fake_config) == 0
