@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from epsilon_resnet import compressed_cfg, run_folder
+from epsilon_resnet import batch_norm, compressed_cfg, run_folder
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.errors import CompressionError
 from epsilon_resnet.evaluation import run_batches, top_k_wrong
@@ -123,7 +123,8 @@ def compress_model(gated, structure, discarded):
     """(compressed plain model with copied weights, its Structure, {(stage, old unit): (stage, new unit)})."""
     kept, moves = compressed_structure(structure, discarded)
     compressed = build_resnet(kept, gated.output["logits"].shape[-1], gated=False, side_output=False,
-                              image_shape=gated.input.shape[1:], name="compressed_resnet")
+                              image_shape=gated.input.shape[1:], name="compressed_resnet",
+                              batch_norm_kind=batch_norm.kind_of(gated))
     copy_weights(gated, compressed, kept, moves)
     return compressed, kept, moves
 

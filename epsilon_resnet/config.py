@@ -13,7 +13,7 @@ import yaml
 from epsilon_resnet import data
 from epsilon_resnet.errors import ConfigError, DataError
 from epsilon_resnet.schedules import EMA_DECAY, GATE_INFERENCE_MODES
-from epsilon_resnet.structures import DATA_FORMATS
+from epsilon_resnet.structures import BATCH_NORMS, DATA_FORMATS
 
 
 @dataclasses.dataclass
@@ -37,6 +37,7 @@ class ModelConfig:
     gate_ema_decay: float = EMA_DECAY
     gate_inference: str = "stored"       # the gates at inference: stored (from training) or per_batch (the original)
     data_format: str = "channels_last"   # or channels_first (NCHW): faster on GPUs; CPUs need NHWC
+    batch_norm: str = "fused"            # TensorFlow's fused kernel, as tensorpack's; or keras (Keras' own layer)
 
 
 @dataclasses.dataclass
@@ -190,6 +191,8 @@ def validate(config, source="config"):
     if config.model.data_format not in DATA_FORMATS:
         raise ConfigError(f"{source}: model.data_format must be one of {DATA_FORMATS}, "
                           f"got {config.model.data_format!r}")
+    if config.model.batch_norm not in BATCH_NORMS:
+        raise ConfigError(f"{source}: model.batch_norm must be one of {BATCH_NORMS}, got {config.model.batch_norm!r}")
 
 
 def epsilon_is_used(model):

@@ -13,11 +13,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from epsilon_resnet import batch_norm
 from epsilon_resnet.errors import ConfigError
 from epsilon_resnet.gate import EMA_DECAY, StrictIdentity
 from epsilon_resnet.structures import DATA_FORMATS, STAGE_WIDTHS, Structure, side_position, structure_for
 
-BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # tensorpack's BatchNorm defaults, which the original trained with.
 _PARTS = "_epsilon_resnet_parts"  # model attribute: {part: [names of layers with weights]}, see network_parts
 
 
@@ -89,8 +89,9 @@ class _Builder:
     """Creates the layers of one network and records, in build order, the part of the
     structure each belongs to ("stem", "head", "side" or (stage, unit))."""
 
-    def __init__(self, structure, data_format, gate):
+    def __init__(self, structure, data_format, gate, batch_norm_kind):
         self.structure, self.data_format, self.gate = structure, data_format, gate  # gate: kwargs or None
+        self.batch_norm_kind = batch_norm_kind
         self.part, self.parts = "stem", {}
 
     def apply(self, layer, x):
@@ -105,8 +106,7 @@ class _Builder:
 
     def bn_relu(self, x, name):
         axis = 1 if self.data_format == "channels_first" else -1
-        x = self.apply(keras.layers.BatchNormalization(axis=axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                                                       name=f"{name}_bn"), x)
+        x = self.apply(batch_norm.layer(self.batch_norm_kind, axis, f"{name}_bn"), x)
         return self.apply(keras.layers.ReLU(name=f"{name}_relu"), x)
 
     def classifier(self, x, num_classes, name, prefix):
@@ -174,7 +174,8 @@ class _Builder:
 
 
 def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilon=0.0, ema_decay=EMA_DECAY,
-                 gate_inference="stored", pixel_mean=None, pixel_scale=None, image_shape=None, name=None, data_format="channels_last"):
+                 gate_inference="stored", pixel_mean=None, pixel_scale=None, image_shape=None, name=None,
+                 data_format="channels_last", batch_norm_kind="fused"):
     """Build a pre-activation ResNet; outputs {"logits"} and, with side_output, {"side_logits"}.
 
     With `gated`, every real block ends in a StrictIdentity gate (threshold `epsilon`,
@@ -185,7 +186,9 @@ def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilo
     None: 0 and 1) normalise the raw 0–255 input inside the model.
     `data_format="channels_first"` (NCHW, faster on GPUs) still takes NHWC images and
     transposes them after normalisation. The transpose is a layer of its own, so a checkpoint
-    restores only into a network of the layout it was trained with.
+    restores only into a network of the layout it was trained with. `batch_norm_kind` (one
+    of BATCH_NORMS) picks TensorFlow's fused kernel or Keras' own layer; both hold the same
+    weights, so either restores the other's checkpoints.
     """
     if not isinstance(structure, Structure):
         raise TypeError(f"structure must be a Structure, got {type(structure).__name__}")
@@ -198,7 +201,9 @@ def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilo
     if side_at is not None and not (0 <= side_at[1] < structure.stage_units[side_at[0]]):
         raise ValueError(f"side head position {side_at} lies outside stage_units={list(structure.stage_units)}")
 
-    builder = _Builder(structure, data_format, dict(epsilon=epsilon, ema_decay=ema_decay, inference=gate_inference) if gated else None)
+    builder = _Builder(structure, data_format,
+                       dict(epsilon=epsilon, ema_decay=ema_decay, inference=gate_inference) if gated else None,
+                       batch_norm_kind)
     images = keras.Input(image_shape, name="images")
     x = builder.stem(images, pixel_mean, pixel_scale)
     outputs = {}
@@ -222,7 +227,8 @@ def build_from_config(model_config, source):
                         epsilon=model_config.epsilon, ema_decay=model_config.gate_ema_decay,
                         gate_inference=model_config.gate_inference,
                         pixel_mean=source.pixel_mean, pixel_scale=source.pixel_scale,
-                        image_shape=source.image_shape, data_format=model_config.data_format)
+                        image_shape=source.image_shape, data_format=model_config.data_format,
+                        batch_norm_kind=model_config.batch_norm)
 
 
 def network_parts(model):

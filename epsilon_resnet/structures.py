@@ -14,6 +14,7 @@ STAGE_WIDTHS = {"cifar": (16, 32, 64), "imagenet": (64, 128, 256, 512)}
 IMAGENET_DEPTHS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3)),
                    101: (True, (3, 4, 23, 3)), 152: (True, (3, 8, 36, 3))}
 DATA_FORMATS = ("channels_last", "channels_first")  # NHWC, NCHW
+BATCH_NORMS = ("fused", "keras")  # TensorFlow's fused kernel (batch_norm.py), or Keras' own layer
 
 @dataclasses.dataclass(frozen=True)
 class Structure:

@@ -98,7 +98,7 @@ def test_pruned_structure_names_and_counts():
 
 
 # The layer types of each part, in build order, written out from docs/original.md §3.
-BASIC_BLOCK = ["BatchNormalization", "Conv2D", "BatchNormalization", "Conv2D"]  # preact, conv1 + BN, conv2
+BASIC_BLOCK = ["FusedBatchNormalization", "Conv2D", "FusedBatchNormalization", "Conv2D"]  # preact, conv1 + BN, conv2
 
 
 def layer_types(layers):
@@ -111,8 +111,8 @@ def test_network_parts_follow_the_structure():
     parts = network_parts(model)
     units = [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0), (2, 1)]
     assert sorted(key for key in parts if isinstance(key, tuple)) == units
-    assert layer_types(parts["stem"]) == ["PixelNormalization", "Conv2D", "BatchNormalization"]
-    assert layer_types(parts["head"]) == ["BatchNormalization", "Dense"]
+    assert layer_types(parts["stem"]) == ["PixelNormalization", "Conv2D", "FusedBatchNormalization"]
+    assert layer_types(parts["head"]) == ["FusedBatchNormalization", "Dense"]
     assert layer_types(parts[(0, 0)]) == BASIC_BLOCK[1:] + ["StrictIdentity"]  # res1.0: no pre-activation
     for unit in ((0, 1), (0, 2), (2, 0), (2, 1)):
         assert layer_types(parts[unit]) == BASIC_BLOCK + ["StrictIdentity"]
@@ -139,14 +139,14 @@ def test_network_parts_copy_a_block_into_another_position():
 def test_imagenet_network_parts_with_a_discarded_first_block():
     structure = Structure("imagenet", (1, 2, 1, 1), (True, False, True, True), bottleneck=True)
     parts = network_parts(build_resnet(structure, 10, side_output=False, image_shape=(64, 64, 3)))
-    assert layer_types(parts["stem"]) == ["PixelNormalization", "Conv2D", "BatchNormalization"]
+    assert layer_types(parts["stem"]) == ["PixelNormalization", "Conv2D", "FusedBatchNormalization"]
     # group0/block0 widens 64 -> 256 through a convshortcut; a discarded group1/block0 keeps its
     # both_preact BN and convshortcut; the others are BN-conv1-BN-conv2-BN-conv3.
-    bottleneck = ["BatchNormalization", "Conv2D"] * 3
+    bottleneck = ["FusedBatchNormalization", "Conv2D"] * 3
     assert layer_types(parts[(0, 0)]) == ["Conv2D"] + bottleneck[1:] + ["StrictIdentity"]
-    assert layer_types(parts[(1, 0)]) == ["BatchNormalization", "Conv2D"]
+    assert layer_types(parts[(1, 0)]) == ["FusedBatchNormalization", "Conv2D"]
     assert layer_types(parts[(1, 1)]) == bottleneck + ["StrictIdentity"]
-    assert layer_types(parts[(2, 0)]) == ["BatchNormalization", "Conv2D"] + bottleneck[1:] + ["StrictIdentity"]
+    assert layer_types(parts[(2, 0)]) == ["FusedBatchNormalization", "Conv2D"] + bottleneck[1:] + ["StrictIdentity"]
 
 
 def test_normalisation_is_built_in():
