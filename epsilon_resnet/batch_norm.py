@@ -40,8 +40,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
     def _update_moving_statistics(self, x, batch_mean, batch_variance):
-        # The kernel returns the batch variance with Bessel's correction; Keras' average, and
-        # tensorpack's, take the biased one.
+        # The kernel returns the batch variance with Bessel's correction; Keras' layer averages
+        # the biased one, and so does this layer.
         shape = tf.shape(x)
         count = tf.cast(tf.reduce_prod(shape) // shape[self.axis], tf.float32)
         biased = batch_variance * (count - 1.0) / count
