@@ -8,7 +8,6 @@ profiled step of each plain variant says which share of its op time the batch no
 
     python -m benchmarks.batch_norm [--n 18] [--batch 128] [--steps 1] [--repeats 40] [--minutes 6]
 """
-import argparse
 import contextlib
 import sys
 
@@ -26,16 +25,13 @@ def batch_norm_share(step):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.resnet_arguments(parser, 1, "training steps per timed block", repeats=40)
-    parser.add_argument("--minutes", type=float, default=6.0, help="time budget of the timed rounds")
+    parser = common.step_benchmark_parser(__doc__, repeats=40, minutes=6.0)
     args = parser.parse_args(argv)
     watch = common.MachineWatch()
     with contextlib.ExitStack() as stack:
         steps = {name: stack.enter_context(common.cifar_training_step(args.n, args.batch, gated, gated, kind))
                  for name, (gated, kind) in VARIANTS.items()}
-        times = common.interleaved_times({k: common.repeat(s, args.steps) for k, s in steps.items()}, args.repeats,
-                                         warmup=2, budget=args.minutes * 60)
+        times = common.time_steps(steps, args)
         shares = {name: batch_norm_share(steps[name]) for name in ("plain_keras", "plain_fused")}
     wall = times["wall"]
     ratios = {network: common.paired_ratio(wall, f"{network}_fused", f"{network}_keras")

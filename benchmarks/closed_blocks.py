@@ -11,7 +11,6 @@ over the network. Interleaved rounds, ratios with 95% intervals over `open`.
 
     python -m benchmarks.closed_blocks [--n 18] [--batch 128] [--steps 1] [--repeats 40] [--minutes 12]
 """
-import argparse
 import contextlib
 import sys
 
@@ -53,9 +52,7 @@ def variant_step(args, kind, percent):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.resnet_arguments(parser, 1, "training steps per timed block", repeats=40)
-    parser.add_argument("--minutes", type=float, default=12.0, help="time budget of the timed rounds")
+    parser = common.step_benchmark_parser(__doc__, repeats=40, minutes=12.0)
     args = parser.parse_args(argv)
     watch = common.MachineWatch()
     variants = {"open": ("open", 0), "open_no_skip": ("open_no_skip", 0)}
@@ -66,8 +63,7 @@ def main(argv=None):
         steps = {name: stack.enter_context(variant_step(args, kind, percent))
                  for name, (kind, percent) in variants.items()}
         gates = len(gates_of(steps["open"].trainer.model))
-        times = common.interleaved_times({k: common.repeat(s, args.steps) for k, s in steps.items()}, args.repeats,
-                                         warmup=2, budget=args.minutes * 60)
+        times = common.time_steps(steps, args)
         # After the timed steps a closed gate's is_discarded average is > 0, an open one's 0.
         closed = {name: sum(float(g.is_discarded) > 0 for g in gates_of(step.trainer.model))
                   for name, step in steps.items()}

@@ -7,6 +7,7 @@ in alternating blocks (order reversed every round), so a change in machine load 
 blocks hits every variant alike. Each round gives one ratio of neighbouring blocks; the
 report is their geometric mean with a t-interval on the log ratios, plus median and range.
 """
+import argparse
 import contextlib
 import json
 import math
@@ -47,6 +48,20 @@ def resnet_arguments(parser, steps, steps_help, repeats):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--steps", type=int, default=steps, help=steps_help)
     parser.add_argument("--repeats", type=int, default=repeats, help="timed blocks (or runs) per variant")
+
+
+def step_benchmark_parser(doc, repeats, minutes):
+    """The parser of a benchmark that times training steps: `resnet_arguments` and --minutes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    resnet_arguments(parser, 1, "training steps per timed block", repeats=repeats)
+    parser.add_argument("--minutes", type=float, default=minutes, help="time budget of the timed rounds")
+    return parser
+
+
+def time_steps(steps, args):
+    """`interleaved_times` of {name: step}, args.steps steps per block, within args.minutes."""
+    return interleaved_times({name: repeat(step, args.steps) for name, step in steps.items()}, args.repeats,
+                             warmup=2, budget=args.minutes * 60)
 
 
 def random_cifar_batch(batch, seed=0):

@@ -11,7 +11,6 @@ spend their time in.
 
     python -m benchmarks.gate_overhead [--n 18] [--batch 128] [--steps 1] [--repeats 150] [--minutes 5]
 """
-import argparse
 import contextlib
 import sys
 
@@ -52,8 +51,7 @@ def describe(name, ratio):
 
 def measure(steps, args):
     """Interleaved wall and CPU times of every variant, and the ratios they give."""
-    times = common.interleaved_times({k: common.repeat(s, args.steps) for k, s in steps.items()}, args.repeats,
-                                     warmup=2, budget=args.minutes * 60)
+    times = common.time_steps(steps, args)
     wall, cpu = times["wall"], times["cpu"]
     ratio = common.paired_ratio(wall, "gated", "plain")
     return {"target": TARGET, "ratio": ratio, "verdict": common.interval_verdict(ratio, TARGET),
@@ -64,9 +62,7 @@ def measure(steps, args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.resnet_arguments(parser, 1, "training steps per timed block", repeats=150)
-    parser.add_argument("--minutes", type=float, default=5.0, help="time budget of the timed rounds")
+    parser = common.step_benchmark_parser(__doc__, repeats=150, minutes=5.0)
     args = parser.parse_args(argv)
     watch = common.MachineWatch()
 
