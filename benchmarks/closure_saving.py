@@ -25,7 +25,6 @@ import numpy as np
 from benchmarks import provenance
 
 NAME = "closure_saving"
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 PAPER_FINAL_SHARES = {"ResNet-110 (22% closed)": 0.22, "752 layers (83% closed)": 0.83}
 
 
@@ -68,9 +67,9 @@ def savings(closed_blocks, reproduction):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.parse_args(argv)
-    with open(os.path.join(RESULTS_DIR, "closed_blocks.json")) as f:
+    with open(os.path.join(provenance.RESULTS_DIR, "closed_blocks.json")) as f:
         closed_blocks = json.load(f)
-    with open(os.path.join(RESULTS_DIR, "cifar10_reproduction.json")) as f:
+    with open(os.path.join(provenance.RESULTS_DIR, "cifar10_reproduction.json")) as f:
         reproduction = json.load(f)
     result = savings(closed_blocks, reproduction)
     for name, run in result["runs"].items():
@@ -81,7 +80,7 @@ def main(argv=None):
     result = {"benchmark": NAME, "sources": {"closed_blocks": closed_blocks["date"],
                                              "cifar10_reproduction": reproduction["invocation"]["date"]},
               **result, "date": provenance.now(), **provenance.git_state()}
-    path = os.path.join(RESULTS_DIR, f"{NAME}.json")
+    path = os.path.join(provenance.RESULTS_DIR, f"{NAME}.json")
     provenance.write_atomic(path, json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
     return result

@@ -29,7 +29,6 @@ from epsilon_resnet import runtime, training  # noqa: E402
 from epsilon_resnet.data import augment  # noqa: E402
 from epsilon_resnet.data.source import ArraySource  # noqa: E402
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 OTHER_TRAINING = "cifarEpsilonResnet"  # another session's long CIFAR run that may share the machine
 
 
@@ -239,7 +238,7 @@ def finish(name, parser, args, result, watch):
              else "")
           + (": SHARED machine" if machine["shared"] else ": not shared"))
     if is_default(parser, args):
-        path = os.path.join(RESULTS_DIR, f"{name}.json")
+        path = os.path.join(provenance.RESULTS_DIR, f"{name}.json")
         provenance.write_atomic(path, json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
     return result
