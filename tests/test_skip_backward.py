@@ -2,8 +2,10 @@
 training is the same as without the skip (gradients, weights, gate decisions), on one device,
 with mixed precision and XLA, on two replicas, and through the CIFAR script.
 
-The tolerances cover the order of additions only: with the skip, the gradient a block input
-receives from the branch is summed inside the conditional before it meets the shortcut's.
+In float32 the tolerances cover the order of additions only: with the skip, the gradient a
+block input receives from the branch is summed inside the conditional before it meets the
+shortcut's. Under mixed precision with XLA they cover float16 rounding (see
+`test_a_mixed_precision_xla_step_equals_todays_to_float16_rounding`).
 """
 import functools
 import os
@@ -29,6 +31,8 @@ from epsilon_resnet.structures import cifar_structure
 from cli_helpers import exit_code, write_tiny_config
 
 CLOSED = 1e30  # an ε that closes any gate
+RTOL, ATOL = 1e-5, 1e-6  # float32 weights after a few steps: the order of additions
+FLOAT16_ROUNDING = 2.0 ** -8  # of a value: 4 to 8 float16 ulps (float16 keeps 10 bits after the leading one)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -125,17 +129,40 @@ def train_steps(skip, steps, **train):
             **{f"optimizer {i}": v.numpy() for i, v in enumerate(trainer.optimizer.variables)}}
 
 
-@pytest.mark.parametrize("train, rtol", [({}, 1e-5), pytest.param({"mixed_precision": True, "jit_compile": True}, 2e-3,
-                                                                  marks=pytest.mark.slow)],
-                         ids=["float32", "mixed-precision-xla"])
-def test_weights_after_training_steps_equal_todays(float32_afterwards, train, rtol):
+def gate_decisions(path):
+    return path.endswith(("_gate/is_discarded", "_gate/updates"))
+
+
+@pytest.mark.parametrize("train", [{}, pytest.param({"mixed_precision": True}, marks=pytest.mark.slow),
+                                   pytest.param({"jit_compile": True}, marks=pytest.mark.slow)],
+                         ids=["float32", "mixed-precision", "xla"])
+def test_weights_after_training_steps_equal_todays(float32_afterwards, train):
     today, skipped = (train_steps(skip, 4, **train) for skip in (False, True))
     assert today.keys() == skipped.keys()
     for path in today:
-        if path.endswith(("_gate/is_discarded", "_gate/updates")):  # the gate decisions: exactly today's
+        if gate_decisions(path):  # exactly today's
             assert skipped[path] == today[path], path
         else:
-            np.testing.assert_allclose(skipped[path], today[path], rtol=rtol, atol=rtol / 10, err_msg=path)
+            np.testing.assert_allclose(skipped[path], today[path], rtol=RTOL, atol=ATOL, err_msg=path)
+
+
+@pytest.mark.slow
+def test_a_mixed_precision_xla_step_equals_todays_to_float16_rounding(float32_afterwards):
+    """XLA fuses the float16 ops on either side of the branch's conditional differently and
+    rounds their intermediates at other places, so one step differs from today's by float16
+    rounding (measured: at most 1.2e-3 of a variable's largest value, 1 to 2 ulps). Over more
+    steps such differences grow in this tiny network to the size they reach between XLA on and
+    off without the skip (after 4 steps 1.3% and 1.8% of conv0's largest weight), so the
+    comparison is of one step: weights, batch-norm statistics and momentum (the first
+    gradient) within FLOAT16_ROUNDING of each variable's largest value."""
+    today, skipped = (train_steps(skip, 1, mixed_precision=True, jit_compile=True) for skip in (False, True))
+    for path in today:
+        if gate_decisions(path):
+            assert skipped[path] == today[path], path
+        else:
+            scale = float(np.max(np.abs(today[path])))
+            np.testing.assert_allclose(skipped[path], today[path], rtol=0, atol=FLOAT16_ROUNDING * scale,
+                                       err_msg=path)
 
 
 MIRRORED = textwrap.dedent('''
@@ -147,10 +174,12 @@ MIRRORED = textwrap.dedent('''
     results = {}
     for skip in (False, True):
         results[skip] = test_skip_backward.mirrored_train_steps(strategy, skip, 3)
-    worst = max(float(np.max(np.abs(results[True][p] - results[False][p]) / (np.abs(results[False][p]) + 1e-6)))
+    # |difference| over the single-device float32 tolerance (atol + rtol·|today's|): below 1 passes
+    worst = max(float(np.max(np.abs(results[True][p] - results[False][p])
+                             / (test_skip_backward.ATOL + test_skip_backward.RTOL * np.abs(results[False][p]))))
                 for p in results[False])
     gates_equal = all(np.array_equal(results[True][p], results[False][p]) for p in results[False]
-                      if p.endswith(("_gate/is_discarded", "_gate/updates")))
+                      if test_skip_backward.gate_decisions(p))
     print("RESULT " + json.dumps({"worst": worst, "gates_equal": gates_equal, "count": len(results[False])}))
 ''')
 
@@ -180,7 +209,7 @@ def test_two_replicas_train_the_same_with_and_without_the_skip(tmp_path):
     assert lines, done.stderr[-3000:]
     result = __import__("json").loads(lines[-1][len("RESULT "):])
     assert result["gates_equal"] and result["count"] > 50
-    assert result["worst"] < 1e-4
+    assert result["worst"] < 1
 
 
 run = functools.partial(exit_code, cifar_main)
