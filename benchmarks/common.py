@@ -29,7 +29,7 @@ from epsilon_resnet import runtime, training  # noqa: E402
 from epsilon_resnet.data import augment  # noqa: E402
 from epsilon_resnet.data.source import ArraySource  # noqa: E402
 
-OTHER_TRAINING = "cifarEpsilonResnet"  # another session's long CIFAR run that may share the machine
+OTHER_TRAINING = "cifarEpsilonResnet"  # a long CIFAR training that may share the machine
 
 
 def cores():
@@ -210,7 +210,7 @@ def _own_seconds():
 
 
 class MachineWatch:
-    """What else ran during a benchmark: the other session's CIFAR training (checked at start
+    """What else ran during a benchmark: a CIFAR training (checked at start
     and end) and the share of all cores that other processes kept busy (machine busy time from
     /proc/stat minus this process's and its children's CPU time)."""
 
@@ -235,7 +235,7 @@ def finish(name, parser, args, result, watch):
               "machine": machine}
     print(f"machine: {machine['cores']} cores, TensorFlow {machine['tensorflow']}; other processes kept "
           f"{machine['other_processes_cpu_share']:.0%} of the cores busy"
-          + (" (including the other session's cifarEpsilonResnet training)" if machine["other_training_running"]
+          + (" (including a cifarEpsilonResnet training)" if machine["other_training_running"]
              else "")
           + (": SHARED machine" if machine["shared"] else ": not shared"))
     if is_default(parser, args):

@@ -9,7 +9,7 @@ checkpoints:
 - stored average: closed when the gate's is_discarded moving average is >= 1/2 (the majority
   of its recent training steps, decay-weighted);
 - average reached 1: closed when is_discarded reached 1 (closed on all of its last ~190 steps:
-  the original's compression rule, compression.discard_tolerance);
+  the original's compression rule, `discard_tolerance`);
 - last K batches, all / majority: the per-batch gate at the checkpoint's weights, on the K
   training batches the run trained on last, closed on all of them / on more than half.
 
@@ -36,10 +36,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks import provenance  # noqa: E402
-from epsilon_resnet import compression, run_folder  # noqa: E402
+from epsilon_resnet import checkpoints, compression, run_folder  # noqa: E402
 from epsilon_resnet.evaluation import Evaluator  # noqa: E402
 from epsilon_resnet.gate import gate_is_open, gates_of, per_batch_inference, residual_input  # noqa: E402
-from epsilon_resnet.metrics_file import read_metrics  # noqa: E402
+from epsilon_resnet.run_folder import read_metrics  # noqa: E402
 from epsilon_resnet.structures import structure_for  # noqa: E402
 
 RESULTS = os.path.join(provenance.REPO, "benchmarks", "results", "inference_gate.json")
@@ -66,11 +66,25 @@ def closed_on_last_batches(gated, source, config, step):
     return sum(closed(images).numpy().astype(int) for images, _ in batches)
 
 
+def discard_tolerance(ema_decay):
+    """How far below 1 one gate's is_discarded average may stall and still count as "reached 1".
+
+    The average is a float32 variable updated as ema·d + x·(1−d). Near 1 the increment
+    (1−ema)·(1−d) drops below half a float32 ulp (2⁻²⁵) before ema gets to 1, so a block
+    closed forever stalls at 1 − g with g ≤ ~2⁻²⁴/(1−d): 0.99999946 for d = 0.95. The
+    tolerance 2⁻²³/(1−d) (2.4e-6 at d = 0.95) covers that stall with a margin and still
+    excludes a block that was open in the last ~190 steps (at d = 0.95). (The training loop's
+    schedules.DISCARDED_TOLERANCE asks the same of the sum over all gates, where the stalls of
+    up to ~1800 closed blocks add up, and so is larger.)
+    """
+    return 2.0 ** -23 / (1.0 - ema_decay)
+
+
 def candidates(gated, source, config, step):
     """{candidate: the blocks it closes}."""
     averages = {g.block: float(g.is_discarded.numpy()) for g in gates_of(gated)}
     counts = dict(zip(averages, closed_on_last_batches(gated, source, config, step)))
-    reached_one = 1.0 - compression.discard_tolerance(config.model.gate_ema_decay)
+    reached_one = 1.0 - discard_tolerance(config.model.gate_ema_decay)
     return {"stored average >= 1/2": [b for b, a in averages.items() if a >= 0.5],
             "average reached 1": [b for b, a in averages.items() if a >= reached_one],
             f"last {LAST_BATCHES} batches, all": [b for b, c in counts.items() if c == LAST_BATCHES],
@@ -87,7 +101,7 @@ def predictions(predict, dataset):
 
 
 def judge_step(run_dir, config, step, data_dir):
-    source, gated = run_folder.load_network(config, run_folder.checkpoint_path(run_dir, step), data_dir)
+    source, gated = checkpoints.load_network(config, run_folder.checkpoint_path(run_dir, step), data_dir)
 
     @tf.function(reduce_retracing=True)
     def per_batch(images):

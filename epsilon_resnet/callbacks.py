@@ -4,14 +4,12 @@ Epoch numbers passed to them count from 1, as in the original (tensorpack) and t
 docs/original.md §5. Scheduled values follow tensorpack's timing (epsilon_resnet.schedules):
 they are set at the start of the epoch in which they are in force.
 """
-import json
 import logging
-import os
 
 import keras
 import numpy as np
 
-from epsilon_resnet import gate, metrics_file
+from epsilon_resnet import gate, run_folder
 from epsilon_resnet.schedules import AdaptiveLearningRate, epsilon_at, whole_blocks
 
 logger = logging.getLogger("epsilon_resnet")
@@ -23,9 +21,9 @@ def gate_summary(model):
     that count over the number of gated blocks (a pruned network's shortcut-only units have
     no gate and do not count)."""
     gates = gate.gates_of(model)
-    logs = {f"{g.block}/{stat}": float(getattr(g, stat).numpy())
-            for g in gates for stat in gate.MONITORED}
-    count = sum(logs[f"{g.block}/is_discarded"] for g in gates)
+    logs = {run_folder.block_metric(g.block, stat): float(getattr(g, stat).numpy())
+            for g in gates for stat in run_folder.GATE_METRICS}
+    count = sum(float(g.is_discarded.numpy()) for g in gates)
     return {"discarded_cnt": count, "discarded_ratio": count / len(gates) if gates else 0.0, **logs}
 
 
@@ -96,7 +94,7 @@ class MetricsWriter(keras.callbacks.Callback):
 
     A resumed run appends epochs again after its checkpoint; read_metrics keeps the last
     record of each epoch, so lines from a lost stretch of training are superseded. A last
-    line cut by a kill or a full disk is first moved aside (metrics_file.repair_cut_tail).
+    line cut by a kill or a full disk is first moved aside (run_folder.repair_cut_tail).
     """
 
     def __init__(self, path):
@@ -104,7 +102,7 @@ class MetricsWriter(keras.callbacks.Callback):
         self.path = path
 
     def on_train_begin(self, logs=None):
-        repaired = metrics_file.repair_cut_tail(self.path)
+        repaired = run_folder.repair_cut_tail(self.path)
         if repaired:
             logger.warning("%s", repaired)
 
@@ -112,10 +110,7 @@ class MetricsWriter(keras.callbacks.Callback):
         record = {"epoch": epoch, **{k: _plain(v) for k, v in logs.items()}}
         if "global_step" in record:
             record["global_step"] = int(record["global_step"])  # Keras turns the logs into floats
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        run_folder.append_metrics(self.path, record)
 
 
 class EpochLogger(keras.callbacks.Callback):

@@ -5,28 +5,54 @@ CUDA_VISIBLE_DEVICES before TensorFlow initialises, and the import is made quiet
 (console.quiet_tensorflow). Every user error is an errors.UserError, printed as one line.
 """
 import argparse
-import json
+import contextlib
 import os
 import sys
 
-from epsilon_resnet import console, data, distribute
-from epsilon_resnet.errors import ConfigError, RunError, UserError
-from epsilon_resnet.schedules import GATE_INFERENCE_MODES
-from epsilon_resnet.structures import DATA_FORMATS, IMAGENET_DEPTHS
+from epsilon_resnet import console, data, distribute, run_folder
+from epsilon_resnet.errors import ConfigError, UserError, WeightsDoNotFit
+from epsilon_resnet.structures import DATA_FORMATS, GATE_INFERENCE_MODES, IMAGENET_DEPTHS
 
 DATA_FORMAT_FLAGS = dict(zip(("NHWC", "NCHW"), DATA_FORMATS))  # the original's flag values
 IMAGENET_DATASETS = tuple(name for name in data.DATASETS if data.family_of(name) == "imagenet")
+# The library names its arguments in backquotes; on the command line they are these flags.
+FLAG_WORDS = {"`resume`": "--resume", "`load`": "--load", "`run_dir`": "output name (-o)", "`directory`": "--dir",
+              "`check_batches`": "--check-batches", "`export_dir`": "--export", "`cpu_replicas`": "--cpu-replicas",
+              "`gpus`": "--gpu", "`size`": "-n", "`datasets` are": "this command evaluates"}
+
+
+def in_flags(message):
+    """A library message in the command line's words."""
+    for words, flag in FLAG_WORDS.items():
+        message = message.replace(words, flag)
+    return message
 
 
 def fail(message):
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {in_flags(str(message))}", file=sys.stderr)
     sys.exit(1)
 
 
-def start_tensorflow(args):
-    """Select the GPUs, then import TensorFlow without its start-up noise (unless --verbose)."""
+@contextlib.contextmanager
+def command(args):
+    """Start TensorFlow for a command, and turn its user errors into one line and exit code 1."""
     distribute.select_devices(getattr(args, "gpu", None))
     console.quiet_tensorflow(args.verbose)
+    try:
+        yield
+    except UserError as err:
+        fail(err)
+    except KeyboardInterrupt:
+        fail("interrupted")
+
+
+def gpu_list(spec):
+    """argparse type of --gpu: a bad list is a usage error that says what is expected."""
+    try:
+        distribute.parse_gpus(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(in_flags(str(err))) from None
+    return spec
 
 
 def run_name(text):
@@ -45,7 +71,7 @@ def positive(text):
 
 
 def add_common(parser):
-    parser.add_argument("--gpu", type=distribute.gpu_flag,
+    parser.add_argument("--gpu", type=gpu_list,
                         help="comma-separated GPUs to use, e.g. 0,1,2,3; their count is the number of replicas")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own start-up and log messages")
 
@@ -91,11 +117,14 @@ def add_num_units(parser):
     parser.add_argument("-n", "--num_units", type=positive, help="blocks per stage: depth 6n+2 (18 → ResNet-110)")
 
 
-def resolve_config(args, dataset, **overrides):
-    """The shipped (or --config) YAML with the command line's values on top; dataset None keeps --config's."""
+def resolve_config(args, dataset, data_options=None, **overrides):
+    """The shipped (or --config) YAML with the command line's values on top; dataset None keeps
+    --config's; data_options change those options only, the config's others stay."""
     from epsilon_resnet import config as config_lib
 
     config = config_lib.load(args.config) if args.config else config_lib.shipped(dataset)
+    if data_options:
+        overrides["data.options"] = {**config.data.options, **data_options}
     flags = {"data.name": dataset, "data.dir": args.data, "model.epsilon": args.epsilon,
              "train.max_epoch": args.max_epoch, "train.steps_per_epoch": args.steps_per_epoch,
              "train.batch_size": args.batch_size, "train.keep_checkpoints": args.keep_checkpoints,
@@ -109,20 +138,13 @@ def resolve_config(args, dataset, **overrides):
     return config
 
 
-def run_training(args, dataset, default_output, **overrides):
-    """Build the config and train; user errors exit 1 with their message."""
-    start_tensorflow(args)
+def run_training(args, config, default_output):
+    """Train a config into train_log.<-o or default_output(config)>/."""
     from epsilon_resnet import training
 
-    try:
-        config = resolve_config(args, dataset, **overrides)
-        run_dir = f"train_log.{args.output or default_output(config)}"
-        training.train_and_evaluate(config, run_dir, load=args.load, resume=args.resume,
-                                    strategy=distribute.make_strategy(args.cpu_replicas))
-    except UserError as err:
-        fail(err)
-    except KeyboardInterrupt:
-        fail("interrupted")
+    run_dir = run_folder.run_dir_of(args.output or default_output(config))
+    training.train_and_evaluate(config, run_dir, load=args.load, resume=args.resume,
+                                strategy=distribute.make_strategy(args.cpu_replicas))
 
 
 def cifar_main(argv=None):
@@ -134,15 +156,18 @@ def cifar_main(argv=None):
     args = parser.parse_args(argv)
     # With --config and no dataset flag, the config's own dataset stands.
     dataset = "cifar100" if args.cifar100 else "cifar10" if args.cifar10 or not args.config else None
-    run_training(args, dataset, lambda c: f"{c.data.name}-e_{c.model.epsilon:g}-n_{c.model.n}",
-                 **{"model.n": args.num_units})
+    with command(args):
+        config = resolve_config(args, dataset, **{"model.n": args.num_units})
+        run_training(args, config, lambda c: f"{c.data.name}-e_{c.model.epsilon:g}-n_{c.model.n}")
 
 
 def svhn_main(argv=None):
     parser = training_parser("Train an ε-ResNet on SVHN (train + extra; validated on test).", PER_GPU_BATCH)
     add_num_units(parser)
     args = parser.parse_args(argv)
-    run_training(args, "svhn", lambda c: f"svhn-e_{c.model.epsilon:g}-n_{c.model.n}", **{"model.n": args.num_units})
+    with command(args):
+        config = resolve_config(args, "svhn", **{"model.n": args.num_units})
+        run_training(args, config, lambda c: f"svhn-e_{c.model.epsilon:g}-n_{c.model.n}")
 
 
 def imagenet_parser():
@@ -170,24 +195,17 @@ def imagenet_main(argv=None):
     if args.eval and not args.load:
         parser.error("--eval needs --load CKPT, the checkpoint to evaluate")
     if args.cfg:
-        args.export, args.num_units, args.output = None, None, None
         return run_evaluation(args, IMAGENET_DATASETS)
-    start_tensorflow(args)
-    # --fake keeps configs/imagenet.yaml (or --config) and swaps only the data source.
-    overrides = {"data.name": "fake-imagenet" if args.fake else "imagenet", "model.depth": args.depth,
-                 "model.data_format": DATA_FORMAT_FLAGS.get(args.data_format)}
-    try:
-        if args.image_size:  # one option changes; the config's other data options stay
-            options = resolve_config(args, "imagenet").data.options
-            overrides["data.options"] = {**options, "image_size": args.image_size}
-        config = resolve_config(args, "imagenet", **overrides)
+    with command(args):
+        # --fake keeps configs/imagenet.yaml (or --config) and swaps only the data source.
+        config = resolve_config(args, "imagenet", data_options=args.image_size and {"image_size": args.image_size},
+                                **{"data.name": "fake-imagenet" if args.fake else "imagenet", "model.depth": args.depth,
+                                   "model.data_format": DATA_FORMAT_FLAGS.get(args.data_format)})
         if config.model.data_format == "channels_first":
             require_gpu_for_nchw()
         if args.eval:
-            return evaluate_checkpoint(config, args.load, replicas=len(distribute.parse_gpus(args.gpu or "0")))
-    except UserError as err:
-        fail(err)
-    run_training(args, "imagenet", lambda c: f"imagenet-d_{c.model.depth}-e_{c.model.epsilon:g}", **overrides)
+            return score_checkpoint(config, args.load, replicas=len(distribute.parse_gpus(args.gpu or "0")))
+        run_training(args, config, lambda c: f"imagenet-d_{c.model.depth}-e_{c.model.epsilon:g}")
 
 
 def require_gpu_for_nchw():
@@ -201,30 +219,15 @@ def require_gpu_for_nchw():
              "Use --data_format NHWC.")
 
 
-def evaluate_checkpoint(config, path, replicas=1):
-    """--eval: the config's network with a checkpoint's weights, scored on the validation set
-    (a null eval batch: the training batch per GPU of `replicas` GPUs, as the original's --eval).
-
-    Nothing is written: no run folder is made, and the checkpoint's folder is only read.
-    """
-    from epsilon_resnet import run_folder
-    from epsilon_resnet.evaluation import Evaluator
-    from epsilon_resnet.gate import epsilon_of
-    from epsilon_resnet.training import eval_batch_size
-
-    class DoesNotFit(RunError):
-        """Weights that do not fit the network: here, most likely a wrong -d."""
+def score_checkpoint(config, path, replicas):
+    """--eval: print a checkpoint's validation errors."""
+    from epsilon_resnet import scoring
 
     try:
-        source, model = run_folder.load_network(config, path, error=DoesNotFit)
-    except DoesNotFit as err:
-        raise RunError(f"{path} is not a checkpoint of this network (ResNet-{config.model.depth}, gated="
-                       f"{config.model.gated}); -d must be the run's depth: {err}") from None
-    batches = source.eval_dataset(eval_batch_size(config.train, replicas))
-    errors = Evaluator(model)(batches, config.train.eval_batches)
-    epsilon = epsilon_of(model)
-    print(f"{path}: ResNet-{config.model.depth}{'' if epsilon is None else f', ε {epsilon:g}'} on "
-          f"{source.num_eval} {config.data.name} validation images")
+        errors, what = scoring.score_checkpoint(config, path, replicas)
+    except WeightsDoNotFit as err:
+        fail(f"{err}; -d must be the run's depth")
+    print(what)
     print(f"top-1 error: {errors['val_error']:.6f}")
     if "val_error_top5" in errors:
         print(f"top-5 error: {errors['val_error_top5']:.6f}")
@@ -242,35 +245,14 @@ def compress_main(argv=None):
     parser.add_argument("--data", help="dataset folder (default: the run's data.dir)")
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's own start-up and log messages")
     args = parser.parse_args(argv)
-    start_tensorflow(args)
-    from epsilon_resnet import compression
+    with command(args):
+        from epsilon_resnet import compression
 
-    try:
-        cfg_path, cfg = compression.compress_run(args.dir, args.step, check_batches=args.check_batches,
-                                                 data_dir=args.data)
-    except UserError as err:
-        fail(err)
-    for warning in cfg["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(compression_summary(cfg_path, cfg))
-
-
-def compression_summary(cfg_path, cfg):
-    """What compressModel did, in a few lines."""
-    full, small, check = cfg["cost"]["full"], cfg["cost"]["compressed"], cfg["check"]
-    blocks = sum(cfg["stage_units"]) - cfg["first_block_kept"].count(False) + len(cfg["discarded_blocks"])
-    return "\n".join([
-        f"step {cfg['step']}, ε = {cfg['epsilon']}: discarded {len(cfg['discarded_blocks'])} of {blocks} blocks "
-        f"({cfg['decision']}) {cfg['discarded_blocks']}",
-        f"kept structure: stage_units {cfg['stage_units']}, first_block_kept {cfg['first_block_kept']}",
-        f"parameters {full['params']:,} -> {small['params']:,} ({small['params'] / full['params']:.1%}), "
-        f"MACs per image {full['macs']:,} -> {small['macs']:,} ({small['macs'] / full['macs']:.1%})",
-        f"check on {check['images']} validation images: logits {'equal' if check['logits_equal'] else 'DIFFER'} "
-        f"(max |difference| {check['max_abs_logit_difference']:.3g}, tolerance {check['logit_tolerance']:.3g}), "
-        f"error gated {check['gated_error']:.4f}, compressed {check['compressed_error']:.4f}",
-        f"the original's per-batch gates at batch {check['batch_size']}: error {check['per_batch_error']:.4f}",
-        f"wrote {cfg_path}",
-    ])
+        cfg_path, spec = compression.compress_run(args.dir, args.step, check_batches=args.check_batches,
+                                                  data_dir=args.data)
+        for warning in spec.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(compression.describe(spec, cfg_path))
 
 
 def evaluation_parser(description, data_help="dataset folder (default: the one in the .cfg)"):
@@ -284,58 +266,25 @@ def evaluation_parser(description, data_help="dataset folder (default: the one i
     return parser
 
 
-def run_evaluation(args, datasets):
-    """Build the .cfg's network, load its weights, evaluate on the whole validation set, maybe export it.
+def run_evaluation(args, datasets, size=None, output=None, export_dir=None):
+    """Evaluate a .cfg's network on its whole validation set, print the error (top-1 and top-5
+    for ImageNet), and maybe write evaluation.json (-o) and a SavedModel (--export)."""
+    with command(args):
+        from epsilon_resnet import export, scoring
 
-    datasets: the .cfg datasets this script accepts. Prints the error (top-1 and top-5 for
-    ImageNet); user errors exit 1.
-    """
-    start_tensorflow(args)
-    from epsilon_resnet import compressed_cfg
-    from epsilon_resnet.evaluation import Evaluator
-
-    try:
-        spec = compressed_cfg.read(args.cfg)
-        check_spec_matches(args, spec, datasets)
-        model = compressed_cfg.build(spec)
-        source = data.get_source(spec.dataset, args.data or spec.data_dir, **spec.data_options)
-        compressed_cfg.check_source_fits(spec, source)
-        errors = Evaluator(model)(source.eval_dataset(spec.eval_batch_size))
+        if export_dir:
+            export.check_export_dir(export_dir)
+        spec, model = scoring.load_compressed_for(args.cfg, datasets, size)
+        errors = scoring.score_compressed(spec, model, args.data)
         if data.family_of(spec.dataset) == "imagenet":
             print(f"Top-1 error: {errors['val_error']}\nTop-5 error: {errors['val_error_top5']}")
         else:
             print(f"Error: {errors['val_error']}")
-        if args.output:
-            write_evaluation(args.output, {"cfg": os.path.abspath(args.cfg), **errors})
-        if args.export:
-            print(f"exported the network to {compressed_cfg.export_saved_model(model, args.export)}: "
+        if output:
+            print(f"wrote {run_folder.write_evaluation(output, {'cfg': os.path.abspath(args.cfg), **errors})}")
+        if export_dir:
+            print(f"exported the network to {export.export_saved_model(model, export_dir)}: "
                   f"m = tf.saved_model.load(DIR); m.serve(images) -> logits")
-    except UserError as err:
-        fail(err)
-
-
-def check_spec_matches(args, spec, datasets):
-    """The .cfg must be of a dataset this script evaluates, and of the -n given, if any."""
-    from epsilon_resnet import compressed_cfg
-    from epsilon_resnet.errors import CompressionError
-
-    if spec.dataset not in datasets:
-        raise CompressionError(f"{args.cfg} is a compressed {spec.dataset} network; this command evaluates "
-                               f"{' or '.join(datasets)}")
-    if getattr(args, "num_units", None) is not None and args.num_units != spec.size:
-        raise CompressionError(f"{args.cfg} was pruned from a network with n = {spec.size}, not -n {args.num_units}")
-    if args.export:
-        compressed_cfg.check_export_target(args.export)
-
-
-def write_evaluation(output, record):
-    from epsilon_resnet import run_folder
-
-    folder = f"train_log.{output}"
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "evaluation.json")
-    run_folder.write_new_file(path, json.dumps(record, indent=1) + "\n")
-    print(f"wrote {path}")
 
 
 def cifar_compressed_main(argv=None):
@@ -345,18 +294,19 @@ def cifar_compressed_main(argv=None):
     which.add_argument("--cifar10", action="store_true", help="the .cfg must be a CIFAR-10 network")
     which.add_argument("--cifar100", action="store_true", help="the .cfg must be a CIFAR-100 network")
     args = parser.parse_args(argv)
-    run_evaluation(args, ("cifar10",) if args.cifar10 else ("cifar100",) if args.cifar100 else ("cifar10", "cifar100"))
+    datasets = ("cifar10",) if args.cifar10 else ("cifar100",) if args.cifar100 else ("cifar10", "cifar100")
+    run_evaluation(args, datasets, args.num_units, args.output, args.export)
 
 
 def svhn_compressed_main(argv=None):
     parser = evaluation_parser("Evaluate a compressed ε-ResNet on the SVHN test set.")
     add_num_units(parser)
-    run_evaluation(parser.parse_args(argv), ("svhn",))
+    args = parser.parse_args(argv)
+    run_evaluation(args, ("svhn",), args.num_units, args.output, args.export)
 
 
 def imagenet_compressed_main(argv=None):
     parser = evaluation_parser("Evaluate a compressed ε-ResNet on the ImageNet validation set (top-1, top-5).",
                                data_help="ImageNet folder (default: the one in the .cfg)")
     args = parser.parse_args(argv)
-    args.num_units = None
-    run_evaluation(args, IMAGENET_DATASETS)
+    run_evaluation(args, IMAGENET_DATASETS, output=args.output, export_dir=args.export)

@@ -19,12 +19,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from epsilon_resnet import batch_norm, compressed_cfg, run_folder
+from epsilon_resnet import batch_norm, checkpoints, compressed_cfg, run_folder
 from epsilon_resnet import config as config_lib
+from epsilon_resnet.compressed_cfg import CompressedSpec
 from epsilon_resnet.errors import CompressionError
 from epsilon_resnet.evaluation import run_batches, top_k_wrong
 from epsilon_resnet.gate import CLOSED_AT_INFERENCE, StrictIdentity, gates_of, per_batch_inference
-from epsilon_resnet.metrics_file import read_metrics
 from epsilon_resnet.networks import build_resnet, network_parts
 from epsilon_resnet.structures import Structure, structure_for
 from epsilon_resnet.training import eval_batch_size
@@ -48,18 +48,6 @@ def decide_at_inference(gated):
                    "closed_at_inference": g.closed_at_inference()}
                   for g in gates if FLICKERING < float(g.is_discarded.numpy()) < 1.0 - FLICKERING]
     return discarded, flickering
-
-
-def discard_tolerance(ema_decay):
-    """How far below 1 an is_discarded average may stall and still count as "reached 1".
-
-    The gate's EMA is a float32 variable updated as ema·d + x·(1−d). Near 1 the increment
-    (1−ema)·(1−d) drops below half a float32 ulp (2⁻²⁵) before ema gets to 1, so a block
-    closed forever stalls at 1 − g with g ≤ ~2⁻²⁴/(1−d): 0.99999946 for d = 0.95. The
-    tolerance 2⁻²³/(1−d) (2.4e-6 at d = 0.95) covers that stall with a margin and still
-    excludes a block that was open in the last ~190 steps (at d = 0.95).
-    """
-    return 2.0 ** -23 / (1.0 - ema_decay)
 
 
 # ---- the compressed network -----------------------------------------------------------------
@@ -197,59 +185,102 @@ def load_gated(run_dir, step, data_dir=None, source=None):
         raise CompressionError(f"{run_dir} trained a plain ResNet (model.gated: false): it has no gates to compress")
     checkpoint = run_folder.checkpoint_path(run_dir, step)
     stored = config_lib.replace(config, **{"model.gate_inference": "stored"})
-    source, gated = run_folder.load_network(stored, checkpoint, data_dir, source, error=CompressionError)
+    source, gated = checkpoints.load_network(stored, checkpoint, data_dir, source)
     return config, source, gated, checkpoint
 
 
 def compress_run(directory, step, check_batches=None, data_dir=None, source=None):
-    """Compress a run folder's checkpoint model-<step>; returns (path of the .cfg, its contents).
+    """Compress a run folder's checkpoint model-<step>; returns (path of the .cfg, its CompressedSpec).
 
     check_batches: check on the first K validation batches instead of all. source: a
     DataSource to use instead of the run's dataset (tests).
     """
     if check_batches is not None and check_batches < 1:
-        raise CompressionError(f"--check-batches must be >= 1, got {check_batches}")
+        raise CompressionError(f"`check_batches` must be >= 1, got {check_batches}")
     run_dir = run_folder.find_run(directory)
-    compressed_cfg.refuse_existing_outputs(run_dir, step)
+    refuse_existing_outputs(run_dir, step)
     config, source, gated, checkpoint = load_gated(run_dir, step, data_dir, source)
     # Compression runs on one device: a null eval batch is the run's training batch on one GPU.
     config = config_lib.replace(config, **{"train.eval_batch_size": eval_batch_size(config.train, 1)})
-    record = record_at_step(read_metrics(run_dir), step)
+    record = record_at_step(run_folder.read_metrics(run_dir), step)
     discarded, flickering = decide_at_inference(gated)
     check_data = source.eval_dataset(config.train.eval_batch_size)
     if check_batches is not None:
         check_data = check_data.take(check_batches)
     structure = structure_for(config.model, source.family)
-    compressed, kept, moves = compress_model(gated, structure, discarded)
-    check = lossless_check(gated, compressed, check_data)
-    cfg = {**_network_record(config, source, data_dir, kept),
-           **_decision_record(discarded, flickering, gated, checkpoint, step, record),
-           "weights": compressed_cfg.output_name(step),
-           "check": {**check, "check_batches": check_batches, "batch_size": config.train.eval_batch_size},
-           "warnings": _warnings(check, flickering),
-           "cost": {"full": network_cost(gated), "compressed": network_cost(compressed)}}
-    return compressed_cfg.write(run_dir, step, compressed, cfg), cfg
-
-
-def _network_record(config, source, data_dir, kept):
-    """The .cfg keys that rebuild the compressed network and find its data."""
+    compressed, kept, _ = compress_model(gated, structure, discarded)
+    check = {**lossless_check(gated, compressed, check_data), "check_batches": check_batches,
+             "batch_size": config.train.eval_batch_size}
     data_dir = data_dir or config.data.dir
-    size_key = "depth" if source.family == "imagenet" else "n"
-    return {"dataset": config.data.name, "data_dir": os.path.abspath(data_dir) if data_dir else None,
-            "data_options": dict(config.data.options), size_key: getattr(config.model, size_key),
-            "num_classes": source.num_classes, "image_shape": list(source.image_shape),
-            "eval_batch_size": config.train.eval_batch_size,
-            "first_block_discarded": [not k for k in kept.first_block_kept],
-            "stage_units": list(kept.stage_units), "first_block_kept": list(kept.first_block_kept)}
+    size = compressed_cfg.size_key(config.data.name)
+    spec = CompressedSpec(
+        config.data.name, getattr(config.model, size), kept, source.num_classes, tuple(source.image_shape),
+        run_folder.compressed_name(step), os.path.abspath(data_dir) if data_dir else None, dict(config.data.options),
+        config.train.eval_batch_size, source_checkpoint=os.path.basename(checkpoint), step=step,
+        epoch=record["epoch"] if record else None, epsilon=_epsilon_record(gated), decision=DECISION,
+        discarded_blocks=tuple(discarded), flickering_blocks=tuple(flickering),
+        recorded_errors={k: float(v) for k, v in (record or {}).items() if k.startswith("val_error")},
+        check=check, warnings=tuple(_warnings(check, flickering)),
+        cost={"full": network_cost(gated), "compressed": network_cost(compressed)})
+    return publish(run_dir, step, compressed, spec), spec
 
 
-def _decision_record(discarded, flickering, gated, checkpoint, step, record):
-    """The .cfg keys that say what was removed, from which checkpoint, and how it was decided."""
-    return {"source_checkpoint": os.path.basename(checkpoint), "step": step,
-            "epoch": record["epoch"] if record else None,
-            "epsilon": _epsilon_record(gated), "decision": DECISION,
-            "discarded_blocks": list(discarded), "flickering_blocks": flickering,
-            "recorded_errors": {k: float(v) for k, v in (record or {}).items() if k.startswith("val_error")}}
+def refuse_existing_outputs(run_dir, step):
+    """Refuse to compress a step twice (a killed run's temporaries do not count: `publish` removes them)."""
+    existing = sorted(f for f in os.listdir(run_dir) if f.startswith(run_folder.compressed_name(step) + ".")
+                      and not run_folder.TEMPORARY.fullmatch(f))
+    if existing:
+        raise CompressionError(f"{run_dir} already holds {existing}; remove them to compress step {step} again")
+
+
+def publish(run_dir, step, compressed, spec):
+    """Write the compressed weights, then the .cfg that names them, each only once complete;
+    returns the .cfg's path.
+
+    The .cfg's text is made first, so nothing is written when it cannot be; if writing the
+    .cfg fails, the weight files this call wrote are removed again. The run folder is locked
+    meanwhile (run_folder.locked).
+    """
+    text = compressed_cfg.dumps(spec)
+    name = run_folder.compressed_name(step)
+    path = os.path.join(run_dir, name + ".cfg")
+    with run_folder.locked(run_dir, "compressModel"):
+        refuse_existing_outputs(run_dir, step)
+        checkpoints.write_checkpoint(tf.train.Checkpoint(model=compressed), run_dir, name)
+        try:
+            run_folder.write_new_file(path, text)
+        except BaseException:
+            for file in os.listdir(run_dir):
+                if file.startswith(name + ".") and not file.endswith(".cfg"):
+                    os.remove(os.path.join(run_dir, file))
+            raise
+    return path
+
+
+def load_compressed(spec):
+    """The plain network a CompressedSpec describes, with its weights; every weight must fit."""
+    model = build_resnet(spec.structure, spec.num_classes, gated=False, side_output=False,
+                         image_shape=spec.image_shape, name="compressed_resnet")
+    checkpoints.restore_model(model, spec.weights_path, exact=True)
+    return model
+
+
+def describe(spec, path):
+    """What compressModel did, in a few lines."""
+    full, small, check = spec.cost["full"], spec.cost["compressed"], spec.check
+    kept = spec.structure
+    return "\n".join([
+        f"step {spec.step}, ε = {spec.epsilon}: discarded {len(spec.discarded_blocks)} of "
+        f"{spec.full_structure.gated_blocks} blocks ({spec.decision}) {list(spec.discarded_blocks)}",
+        f"kept structure: stage_units {list(kept.stage_units)}, first_block_kept {list(kept.first_block_kept)}",
+        f"parameters {full['params']:,} -> {small['params']:,} ({small['params'] / full['params']:.1%}), "
+        f"MACs per image {full['macs']:,} -> {small['macs']:,} ({small['macs'] / full['macs']:.1%})",
+        f"check on {check['images']} validation images: logits {'equal' if check['logits_equal'] else 'DIFFER'} "
+        f"(max |difference| {check['max_abs_logit_difference']:.3g}, tolerance {check['logit_tolerance']:.3g}), "
+        f"error gated {check['gated_error']:.4f}, compressed {check['compressed_error']:.4f}",
+        f"the original's per-batch gates at batch {check['batch_size']}: error {check['per_batch_error']:.4f}",
+        f"wrote {path}",
+    ])
 
 
 def _epsilon_record(gated):

@@ -11,9 +11,8 @@ import typing
 import yaml
 
 from epsilon_resnet import data
-from epsilon_resnet.errors import ConfigError, DataError
-from epsilon_resnet.schedules import EMA_DECAY, GATE_INFERENCE_MODES
-from epsilon_resnet.structures import BATCH_NORMS, DATA_FORMATS
+from epsilon_resnet.errors import ConfigError, DataError, FileError
+from epsilon_resnet.structures import BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, structure_for
 
 
 @dataclasses.dataclass
@@ -34,7 +33,7 @@ class ModelConfig:
     gated: bool = True                   # False: the standard pre-activation ResNet baseline
     side_output: bool = True
     side_loss_weight: float = 0.1
-    gate_ema_decay: float = EMA_DECAY
+    gate_ema_decay: float = GATE_EMA_DECAY
     gate_inference: str = "stored"       # the gates at inference: stored (from training) or per_batch (the original)
     data_format: str = "channels_last"   # or channels_first (NCHW): faster on GPUs; CPUs need NHWC
     batch_norm: str = "fused"            # TensorFlow's fused kernel, as tensorpack's; or keras (Keras' own layer)
@@ -84,7 +83,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -103,27 +101,37 @@ def _check_type(where, value, annotation):
                           f"got {value!r} ({type(value).__name__})")
 
 
+def build(cls, raw, source, section=None):
+    """An instance of the dataclass `cls` from a mapping, naming any unknown, missing or mistyped
+    key; a field whose type is a dataclass is built from its own mapping (a section). The
+    machinery of every YAML schema of the project: configs, and the reproduction's protocol."""
+    hints = typing.get_type_hints(cls)
+    where = f" in section '{section}'" if section else ""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: section '{section}' must be a mapping, got {raw!r}" if section else
+                          f"{source}: expected a mapping with keys {sorted(hints)}, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}{where}; expected some of {sorted(hints)}")
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = sorted(required - set(raw))
+    if missing:
+        raise ConfigError(f"{source}: missing key(s) {missing}{where}")
+    values = {}
+    for key, value in raw.items():
+        dotted = f"{section}.{key}" if section else key
+        if dataclasses.is_dataclass(hints[key]):
+            values[key] = build(hints[key], {} if value is None else value, source, dotted)
+        else:
+            _check_type(f"{source}: {dotted}", value, hints[key])
+            values[key] = value
+    return cls(**values)
+
+
 def from_dict(raw, source="config"):
     """Build a Config from nested dicts, naming any unknown key or mistyped value."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping with sections {sorted(SECTIONS)}, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {unknown}; expected {sorted(SECTIONS)}")
-    sections = {}
-    for name, cls in SECTIONS.items():
-        values = raw.get(name) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: section '{name}' must be a mapping, got {values!r}")
-        hints = typing.get_type_hints(cls)
-        unknown = sorted(set(values) - set(hints))
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {unknown} in section '{name}'; "
-                              f"expected some of {sorted(hints)}")
-        for key, value in values.items():
-            _check_type(f"{source}: {name}.{key}", value, hints[key])
-        sections[name] = cls(**values)
-    config = Config(**sections)
+    config = build(Config, raw, source)
     validate(config, source)
     return config
 
@@ -152,10 +160,10 @@ def validate(config, source="config"):
         imagenet = data.family_of(config.data.name) == "imagenet"
     except DataError as err:
         raise ConfigError(f"{source}: data.name: {err}") from None
-    if imagenet and config.model.depth is None:
-        raise ConfigError(f"{source}: model.depth is required for {config.data.name}")
-    if not imagenet and (config.model.n is None or config.model.n < 1):
-        raise ConfigError(f"{source}: model.n must be >= 1 for {config.data.name}, got {config.model.n}")
+    try:  # the network's size (n or depth), checked by the one that builds its structure
+        structure_for(config.model, "imagenet" if imagenet else "cifar")
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err} ({config.data.name})") from None
     if config.train.batch_size < 1 or config.train.max_epoch < 1:
         raise ConfigError(f"{source}: train.batch_size and train.max_epoch must be >= 1")
     if config.train.eval_batch_size is not None and config.train.eval_batch_size < 1:
@@ -202,26 +210,26 @@ def epsilon_is_used(model):
     return not any(epoch == 0 for epoch, _ in schedule) or any(eps is None for _, eps in schedule)
 
 
-def read_yaml(path, error, missing):
-    """The parsed YAML file at path; `error(missing)` when there is no such file, `error` naming it when invalid."""
+def read_yaml(path, missing):
+    """The parsed YAML file at path; FileError(missing) when there is no such file, naming it when invalid."""
     if os.path.isdir(path):
-        raise error(f"{path} is a folder; expected a YAML file")
+        raise FileError(f"{path} is a folder; expected a YAML file")
     if not os.path.isfile(path):
-        raise error(missing)
+        raise FileError(missing)
     try:
         with open(path, encoding="utf-8") as f:
             return yaml.safe_load(f)
     except yaml.YAMLError as err:
-        raise error(f"{path}: not valid YAML: {err}") from None
+        raise FileError(f"{path}: not valid YAML: {err}") from None
     except UnicodeDecodeError as err:
-        raise error(f"{path} is not UTF-8 text (byte {err.start}); expected a YAML file") from None
+        raise FileError(f"{path} is not UTF-8 text (byte {err.start}); expected a YAML file") from None
     except OSError as err:
-        raise error(f"{path} cannot be read: {err.strerror}") from None
+        raise FileError(f"{path} cannot be read: {err.strerror}") from None
 
 
 def load(path):
     """Read a YAML config file; errors name the file."""
-    raw = read_yaml(path, ConfigError, f"config file {path!r} does not exist (the shipped ones are in {CONFIG_DIR})")
+    raw = read_yaml(path, f"config file {path!r} does not exist (the shipped ones are in {CONFIG_DIR})")
     return from_dict(raw or {}, source=path)
 
 

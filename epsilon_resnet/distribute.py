@@ -1,11 +1,10 @@
-"""Choosing the tf.distribute strategy from the command line and the environment.
+"""Choosing the tf.distribute strategy from the requested GPUs and the environment.
 
-`--gpu 0,1,2,3` → MirroredStrategy over those GPUs (the global batch split across them);
+GPUs "0,1,2,3" (the scripts' --gpu) → MirroredStrategy over those GPUs (the global batch split across them);
 a TF_CONFIG in the environment → MultiWorkerMirroredStrategy, where only the chief writes
 the run folder; otherwise the default strategy. `cpu_replicas` splits the CPU into logical
 devices, to exercise the multi-replica path on a machine without GPUs.
 """
-import argparse
 import json
 import logging
 import os
@@ -19,17 +18,8 @@ def parse_gpus(spec):
     """'0,1,2,3' -> ['0', '1', '2', '3'], with a clear error for anything else."""
     gpus = [g.strip() for g in spec.split(",") if g.strip()]
     if not gpus or not all(g.isdigit() for g in gpus):
-        raise ValueError(f"--gpu takes comma-separated GPU indices such as 0,1,2,3; got {spec!r}")
+        raise ValueError(f"`gpus` takes comma-separated GPU indices such as 0,1,2,3; got {spec!r}")
     return gpus
-
-
-def gpu_flag(spec):
-    """argparse type of --gpu: a bad list is a usage error that says what is expected."""
-    try:
-        parse_gpus(spec)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-    return spec
 
 
 def select_devices(gpu_spec):
@@ -60,10 +50,10 @@ def make_strategy(cpu_replicas=None):
     import tensorflow as tf
 
     if cpu_replicas is not None and cpu_replicas < 1:
-        raise RunError(f"--cpu-replicas must be at least 1, got {cpu_replicas}")
+        raise RunError(f"`cpu_replicas` must be at least 1, got {cpu_replicas}")
     if "TF_CONFIG" in os.environ:
         if cpu_replicas:
-            raise RunError("--cpu-replicas cannot be combined with TF_CONFIG: a multi-worker run uses "
+            raise RunError("`cpu_replicas` cannot be combined with TF_CONFIG: a multi-worker run uses "
                              "each worker's own devices")
         check_tf_config(os.environ["TF_CONFIG"])
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -73,13 +63,13 @@ def make_strategy(cpu_replicas=None):
             tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
         except RuntimeError:  # TensorFlow already initialised its devices (e.g. in-process tests)
             if len(tf.config.list_logical_devices("CPU")) != cpu_replicas:
-                raise RunError(f"--cpu-replicas {cpu_replicas}: TensorFlow has already set up "
+                raise RunError(f"`cpu_replicas` {cpu_replicas}: TensorFlow has already set up "
                                  f"{len(tf.config.list_logical_devices('CPU'))} CPU devices in this "
                                  f"process; run in a new process") from None
         return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_replicas)])
     gpus = tf.config.list_physical_devices("GPU")
     if os.environ.get("CUDA_VISIBLE_DEVICES") and not gpus:
-        logger.warning("--gpu %s was given but TensorFlow sees no GPU: training on the CPU",
+        logger.warning("CUDA_VISIBLE_DEVICES is %s but TensorFlow sees no GPU: training on the CPU",
                        os.environ["CUDA_VISIBLE_DEVICES"])
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy()

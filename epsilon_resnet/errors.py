@@ -6,6 +6,10 @@ class UserError(Exception):
     """Bad input or a state the user must fix: a missing folder, a step with no checkpoint, ..."""
 
 
+class FileError(UserError, ValueError):
+    """A file that is missing, unreadable, or not in the format its name promises (YAML, ...)."""
+
+
 class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the schema; the message says where and why."""
 
@@ -16,6 +20,14 @@ class DataError(UserError, ValueError):
 
 class RunError(UserError, RuntimeError):
     """A run cannot start or go on; the message says why and what to do."""
+
+
+class CheckpointError(RunError):
+    """A checkpoint that is missing, damaged or cannot be written."""
+
+
+class WeightsDoNotFit(CheckpointError):
+    """A checkpoint whose weights are not those of the network asked for (another depth, a plain run)."""
 
 
 class Interrupted(RunError):

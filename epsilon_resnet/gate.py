@@ -28,11 +28,10 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from epsilon_resnet.schedules import EMA_DECAY, GATE_INFERENCE_MODES
+from epsilon_resnet.run_folder import GATE_METRICS
+from epsilon_resnet.structures import GATE_EMA_DECAY, GATE_INFERENCE_MODES
 
 GATE_SLOPE = 1e6  # L: any s above 1/L opens the gate fully; a smaller L leaves it half-open.
-# The per-block moving averages, under the original's summary names: 1 − gate, max |F|, mean |F|.
-MONITORED = ("is_discarded", "response_abs_max", "response_mean_max")
 CLOSED_AT_INFERENCE = 0.5  # the is_discarded average from which a block is closed at inference
 
 
@@ -178,14 +177,14 @@ class StrictIdentity(keras.layers.Layer):
     Call it on `[shortcut, F]` (a drop-in replacement for the block's `Add`) to get
     shortcut + gate·F, or on `F` alone to get gate·F. Its weights, all non-trainable and so
     saved in checkpoints and `.keras` files: `epsilon` (float32); the float32 moving averages
-    of MONITORED (from 0, updated on training steps only, in TF1's form
+    of GATE_METRICS (from 0, updated on training steps only, in TF1's form
     shadow −= (1 − d)·(shadow − x) with tensorpack's decay d, see `moving_average_decay`); and
     `updates` (int64), how many updates they have had. `is_discarded` reaches 1 only after a
     block has stayed closed for a few hundred steps, which is what the original's compression
     looked for.
     """
 
-    def __init__(self, epsilon=0.0, block=None, ema_decay=EMA_DECAY, inference="stored", **kwargs):
+    def __init__(self, epsilon=0.0, block=None, ema_decay=GATE_EMA_DECAY, inference="stored", **kwargs):
         super().__init__(**kwargs)
         if float(epsilon) < 0:
             raise ValueError(f"epsilon must be >= 0, got {float(epsilon)}")
@@ -204,7 +203,7 @@ class StrictIdentity(keras.layers.Layer):
                                    autocast=False)
 
         self.epsilon = weight("epsilon", keras.initializers.Constant(self.initial_epsilon))
-        for stat in MONITORED:
+        for stat in GATE_METRICS:
             setattr(self, stat, weight(stat))
         self.updates = weight("updates", dtype="int64")
 
@@ -235,7 +234,7 @@ class StrictIdentity(keras.layers.Layer):
 
     def update_monitors(self, values):
         decay = moving_average_decay(self.ema_decay, self.updates)
-        for stat, value in zip(MONITORED, values):
+        for stat, value in zip(GATE_METRICS, values):
             average = getattr(self, stat)
             average.assign_sub((average - value) * (1.0 - decay))
         self.updates.assign_add(1)

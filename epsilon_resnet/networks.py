@@ -15,8 +15,9 @@ import tensorflow as tf
 
 from epsilon_resnet import batch_norm
 from epsilon_resnet.errors import ConfigError
-from epsilon_resnet.gate import EMA_DECAY, StrictIdentity
-from epsilon_resnet.structures import DATA_FORMATS, STAGE_WIDTHS, Structure, side_position, structure_for
+from epsilon_resnet.gate import StrictIdentity
+from epsilon_resnet.structures import (DATA_FORMATS, GATE_EMA_DECAY, STAGE_WIDTHS, Structure, side_position,
+                                       structure_for)
 
 _PARTS = "_epsilon_resnet_parts"  # model attribute: {part: [names of layers with weights]}, see network_parts
 
@@ -173,13 +174,13 @@ class _Builder:
         return {part: [layer.name for layer in layers if layer.weights] for part, layers in self.parts.items()}
 
 
-def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilon=0.0, ema_decay=EMA_DECAY,
+def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilon=0.0, ema_decay=GATE_EMA_DECAY,
                  gate_inference="stored", pixel_mean=None, pixel_scale=None, image_shape=None, name=None,
                  data_format="channels_last", batch_norm_kind="fused"):
     """Build a pre-activation ResNet; outputs {"logits"} and, with side_output, {"side_logits"}.
 
     With `gated`, every real block ends in a StrictIdentity gate (threshold `epsilon`,
-    monitoring decay `ema_decay`, inference mode `gate_inference`, see schedules.GATE_INFERENCE_MODES) that
+    monitoring decay `ema_decay`, inference mode `gate_inference`, see structures.GATE_INFERENCE_MODES) that
     adds the gated branch to the shortcut; read and set ε
     with `gate.epsilon_of` / `gate.set_epsilon`. `pixel_mean` and `pixel_scale` (a data
     source's, broadcast to a per-pixel mean on CIFAR and per-channel constants on ImageNet;

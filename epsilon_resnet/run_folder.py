@@ -1,40 +1,78 @@
-"""The run folder train_log.<output>/ and its checkpoints: names, atomic publishing, restoring.
+"""The run folder train_log.<output>/: its layout, file names and metric keys, and how files are
+written into it, without TensorFlow (plots and the reproduction read runs through it too).
 
-Training writes here and compression reads here (and adds its outputs beside the
-checkpoints); both go through these functions, so the layout is declared once:
+    config.yaml                 the run's config, written once
+    log.log                     the human log, as the console prints it
+    metrics.jsonl               one JSON record per epoch (`append_metrics`, `read_metrics`)
+    train/, validation/         TensorBoard
+    model-<step>.index/.data-*  the recent checkpoints (and one every 30 minutes; `checkpoints`)
+    kept/model-<step>.*         checkpoints kept for good (train.keep_checkpoint_steps)
+    compressed_model_<step>.*   compressModel.py's .cfg (`compressed_cfg`) and pruned weights
+    evaluation.json             an evaluation script's errors with -o (`write_evaluation`)
+    .lock                       the PID of the process writing the folder (see `locked`)
 
-    config.yaml, log.log, metrics.jsonl, train/ and validation/ (TensorBoard),
-    model-<step>.index/.data-*   the recent checkpoints (and one every 30 minutes),
-    kept/model-<step>.*         checkpoints kept for good (train.keep_checkpoint_steps),
-    compressed_model_<step>.*   compressModel.py's .cfg and pruned weights,
-    .lock                       the PID of the process writing the folder (see `locked`).
-
-Nothing here rewrites an existing file: new files are written under a temporary name
-and renamed into place once complete.
+Nothing here rewrites a file in place: new files are written under a temporary name and
+renamed into place once complete. A kill -9 or a full disk during an append to metrics.jsonl
+leaves its last line cut short: `read_metrics` steps past such a line (and past the cut text
+an earlier version appended to) with a warning on the "epsilon_resnet" logger, and
+`repair_cut_tail` moves it aside before a resumed run appends.
 """
 import contextlib
 import fcntl
+import itertools
+import json
+import logging
 import os
 import re
 import shutil
-import tempfile
-
-import tensorflow as tf
 
 from epsilon_resnet import config as config_lib
-from epsilon_resnet import data
-from epsilon_resnet.errors import CompressionError, RunError
-from epsilon_resnet.networks import build_from_config
+from epsilon_resnet.errors import CheckpointError, RunError
 
+logger = logging.getLogger("epsilon_resnet")
+
+RUN_PREFIX = "train_log."
 CHECKPOINT_NAME = "model"
 KEPT_FOLDER = "kept"
 CONFIG_FILE = "config.yaml"
+LOG_FILE = "log.log"
 METRICS_FILE = "metrics.jsonl"
+EVALUATION_FILE = "evaluation.json"
 LOCK_FILE = ".lock"
-# What write_new_file and write_checkpoint write before renaming: folder/name.tmp-<pid>, folder/.name.tmp-XXXX/.
+# What write_new_file and checkpoints.write_checkpoint write before renaming: folder/name.tmp-<pid>, folder/.name.tmp-XXXX/.
 TEMPORARY = re.compile(r"(.+\.tmp-\d+|\..+\.tmp-.+)")
+RECORD_START = '{"epoch"'  # how every metrics record begins (`append_metrics`)
 
 
+def run_dir_of(output):
+    """The run folder of a run name (-o): train_log.<output>, in the current folder."""
+    return RUN_PREFIX + output
+
+
+def compressed_name(step):
+    """The prefix of compressModel.py's outputs for a step: compressed_model_<step>(.cfg, .index, ...)."""
+    return f"compressed_model_{step}"
+
+
+# ---- metric keys ----------------------------------------------------------------------------
+# Each gate's moving averages (gate.StrictIdentity's weights), under the original's summary
+# names: 1 − gate, max |F| and mean |F|.
+GATE_METRICS = ("is_discarded", "response_abs_max", "response_mean_max")
+IS_DISCARDED = GATE_METRICS[0]
+
+
+def block_metric(block, stat):
+    """The metrics key of one gate's moving average (a GATE_METRICS name), e.g. "res2.9/is_discarded"."""
+    return f"{block}/{stat}"
+
+
+def block_metrics(record, stat):
+    """{block: value} of one gate statistic in a metrics record, in the record's (network) order."""
+    suffix = "/" + stat
+    return {key[:-len(suffix)]: value for key, value in record.items() if key.endswith(suffix)}
+
+
+# ---- checkpoint names -----------------------------------------------------------------------
 def steps_in(folder):
     """Global steps of the model-<step> checkpoints in a folder, sorted."""
     if not os.path.isdir(folder):
@@ -45,12 +83,12 @@ def steps_in(folder):
 
 
 def check_checkpoint(path):
-    """Raise RunError unless `path` is a checkpoint prefix (e.g. train_log.x/model-3900) whose .index exists."""
+    """Raise CheckpointError unless `path` is a checkpoint prefix (e.g. train_log.x/model-3900) whose .index exists."""
     if os.path.isfile(path + ".index"):
         return
     folder = os.path.dirname(path) or "."
     steps, kept = steps_in(folder), steps_in(os.path.join(folder, KEPT_FOLDER))
-    raise RunError(f"no checkpoint {path!r}: expected the file {path}.index"
+    raise CheckpointError(f"no checkpoint {path!r}: expected the file {path}.index"
                    + (f"; {folder} has checkpoints at steps {steps}" if steps else "")
                    + (f"; {os.path.join(folder, KEPT_FOLDER)} has steps {kept}" if kept else ""))
 
@@ -62,10 +100,6 @@ def checkpoint_path(run_dir, step):
     return kept if not os.path.isfile(recent + ".index") and os.path.isfile(kept + ".index") else recent
 
 
-def latest_checkpoint(run_dir):
-    return tf.train.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
-
-
 def is_run(folder):
     return all(os.path.isfile(os.path.join(folder, f)) for f in (CONFIG_FILE, METRICS_FILE))
 
@@ -73,13 +107,13 @@ def is_run(folder):
 def find_run(directory):
     """`directory` itself, or the one run folder (config.yaml and metrics.jsonl) below it."""
     if not os.path.isdir(directory):
-        raise CompressionError(f"--dir {directory!r} is not a folder")
+        raise RunError(f"`directory` {directory!r} is not a folder")
     if is_run(directory):
         return directory
     runs = sorted(os.path.normpath(root) for root, _, _ in os.walk(directory) if is_run(root))
     if len(runs) != 1:
         found = f"several: {runs}; pass one of them" if runs else "none"
-        raise CompressionError(f"looked for a run folder (with {CONFIG_FILE} and {METRICS_FILE}) in and below "
+        raise RunError(f"looked for a run folder (with {CONFIG_FILE} and {METRICS_FILE}) in and below "
                                f"{directory!r} and found {found}")
     return runs[0]
 
@@ -104,7 +138,7 @@ def prepare(run_dir, config, write=True):
             if getattr(saved, section) != getattr(config, section):
                 raise RunError(f"{run_dir} holds a run with a different '{section}' configuration "
                                f"({getattr(saved, section)} vs {getattr(config, section)}); "
-                               f"choose another output name (-o) or move that folder away")
+                               f"choose another `run_dir` or move that folder away")
     elif write:
         write_new_file(path, config_lib.dump(config))
 
@@ -131,7 +165,7 @@ def locked(run_dir, purpose):
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that is starting"
             raise RunError(f"{run_dir} is in use by PID {holder}; wait until it ends, or choose another "
-                           f"output name (-o)") from None
+                           f"`run_dir`") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} ({purpose})\n".encode(), 0)
         remove_stale_temporaries(run_dir)
@@ -165,68 +199,118 @@ def write_new_file(path, text):
             os.remove(tmp)
 
 
-def write_checkpoint(checkpoint, folder, name):
-    """Write `checkpoint` as folder/name.* without ever showing a half-written one.
+# ---- metrics.jsonl ----------------------------------------------------------------------------
+def append_metrics(path, record):
+    """Append one epoch's record (a dict starting with "epoch") as a line, flushed to disk at once."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
-    The files are written into a temporary folder beside them and moved into place with
-    the .index last (the index names the data files, so a reader never finds an index
-    without its data). An existing checkpoint of that name is never replaced.
-    """
-    os.makedirs(folder, exist_ok=True)
-    if os.path.exists(os.path.join(folder, name + ".index")):
-        raise RunError(f"{os.path.join(folder, name)} exists already; it was left untouched")
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=folder)
+
+def read_metrics(run_dir):
+    """The per-epoch records of a run's metrics.jsonl, one per epoch (the last written wins)."""
+    path = os.path.join(run_dir, METRICS_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a train_log.<output> folder of this project?")
+    records = {}
+    with open(path) as f:
+        lines = f.read().split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        record = _record(path, number, line, last=number == len(lines))
+        if record is not None:
+            records[record["epoch"]] = record
+    return [records[e] for e in sorted(records)]
+
+
+def _record(path, number, line, last):
+    """The record on a line; None for a cut last line (the text after the final newline)."""
     try:
-        checkpoint.write(os.path.join(tmp, name))
-        for file in sorted(os.listdir(tmp), key=lambda f: f.endswith(".index")):
-            os.replace(os.path.join(tmp, file), os.path.join(folder, file))
+        return json.loads(line)
+    except json.JSONDecodeError:
+        pass
+    if last:
+        logger.warning("%s:%d is cut short (a write was interrupted); kept the %d lines before it", path, number,
+                       number - 1)
+        return None
+    start = line.rfind(RECORD_START)
+    try:
+        record = json.loads(line[start:]) if start > 0 else None
+    except json.JSONDecodeError:
+        record = None
+    if record is None:
+        raise ValueError(f"{path}:{number} is not valid JSON (expected one record per line, as training "
+                         f"writes them)") from None
+    logger.warning("%s:%d begins with a cut record (a write was interrupted); kept the epoch %s record that "
+                   "follows it on that line", path, number, record.get("epoch"))
+    return record
+
+
+def repair_cut_tail(path):
+    """Before appending: move a cut last line out of metrics.jsonl into metrics.jsonl.cut-line-<N>.
+
+    The file is rewritten atomically (a temporary file renamed over it) with its complete
+    lines only, so nothing is lost and the next record starts a line of its own. Returns a
+    sentence saying what was done, or None when the file is whole.
+    """
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        text = f.read()
+    if not text or text.endswith(b"\n"):
+        return None
+    kept, _, cut = text.rpartition(b"\n")
+    number = kept.count(b"\n") + (2 if kept else 1)
+    if _is_json(cut):  # only the newline is missing
+        _replace(path, text + b"\n")
+        return f"{path}:{number} lacked its newline; added it"
+    saved = next(name for name in (f"{path}.cut-line-{number}" + (f".{k}" if k else "") for k in itertools.count())
+                 if not os.path.exists(name))
+    with open(saved, "xb") as f:
+        _write_synced(f, cut)
+    _replace(path, kept + b"\n" if kept else b"")
+    return (f"{path}:{number} was cut short (a write was interrupted); kept lines 1-{number - 1} and moved the "
+            f"cut text to {saved}")
+
+
+def _is_json(data):
+    try:
+        json.loads(data)
+    except ValueError:
+        return False
+    return True
+
+
+def _replace(path, data):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            _write_synced(f, data)
+        os.replace(tmp, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return os.path.join(folder, name)
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
-def restore_model(model, path, exact, error=RunError):
-    """Load a model's weights from a checkpoint prefix written with tf.train.Checkpoint(model=...).
-
-    exact: every value of the checkpoint must be used (a compressed network's own
-    checkpoint); otherwise the rest of a training checkpoint (optimizer, run state) is
-    ignored. Either way every weight of the model must be found, with its shape.
-    """
-    if not os.path.isfile(path + ".index"):
-        raise error(f"no checkpoint {path!r}: the file {path}.index does not exist")
-    try:
-        status = tf.train.Checkpoint(model=model).read(path)
-        if exact:
-            status.assert_consumed()
-        else:
-            status.expect_partial()
-            status.assert_existing_objects_matched()
-    except (IndexError, tf.errors.DataLossError) as err:  # a cut .data file, a checksum that does not match
-        raise error(f"the checkpoint files of {path} are damaged ({brief(err)}): expected {path}.index and its "
-                    f".data-* files complete, as they were written; use another step's checkpoint") from None
-    except (AssertionError, ValueError, tf.errors.OpError) as err:
-        raise error(f"the weights in {path} do not fit the network {model.name!r}: {brief(err)}") from None
+def _write_synced(f, data):
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
 
 
-def brief(err):
-    """TensorFlow's message for a checkpoint that cannot be read, without its op prefix and the
-    values of the variables it lists (kilobytes of numbers): their names stand for them."""
-    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "", str(err))
-    names = re.findall(r"path=([^,]+), shape", text)
-    if names:
-        text = text.split(" Showing")[0].split(": [")[0].rstrip(".") + f", among them {', '.join(names[:5])}"
-    return text.strip()
+# ---- evaluation.json --------------------------------------------------------------------------
+def write_evaluation(output, record):
+    """Write an evaluation's record into train_log.<output>/evaluation.json, a new file; returns its path."""
+    folder = run_dir_of(output)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, EVALUATION_FILE)
+    write_new_file(path, json.dumps(record, indent=1) + "\n")
+    return path
 
 
-def load_network(config, checkpoint, data_dir=None, source=None, error=RunError):
-    """(data source, the config's network with a checkpoint's weights), for evaluating or
-    compressing it: ε, the gate averages and the pixel mean come from the checkpoint.
-
-    The checkpoint is checked before the dataset is opened; `source` replaces the config's
-    dataset (tests), `data_dir` its folder.
-    """
-    check_checkpoint(checkpoint)
-    source = source or data.get_source(config.data.name, data_dir or config.data.dir, **config.data.options)
-    model = build_from_config(config.model, source)
-    restore_model(model, checkpoint, exact=False, error=error)
-    return source, model
+def read_evaluation(run_dir):
+    """The record `write_evaluation` wrote into a run folder."""
+    with open(os.path.join(run_dir, EVALUATION_FILE)) as f:
+        return json.load(f)

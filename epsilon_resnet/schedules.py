@@ -6,12 +6,6 @@ from epoch e + 1; a point (0, v) is set before training.
 """
 import math
 
-# tensorpack's moving-summary decay (the gates' averages warm up to it: docs/original.md §1).
-EMA_DECAY = 0.95
-# How the gates decide at inference (model.gate_inference): from what training stored in them
-# (the default), or per evaluated batch as the original's did (gate.StrictIdentity).
-GATE_INFERENCE_MODES = ("stored", "per_batch")
-
 # How far below a whole number of blocks discarded_cnt may sit and still count as that many
 # blocks. Each gate's is_discarded is a float32 moving average of 0/1 that stalls a few ulps
 # below 1 once the remaining increments round away (the original's stalled at 0.99999946),

@@ -1,5 +1,6 @@
 """What a pre-activation ResNet is made of, without TensorFlow: stages, units, block names,
-the ImageNet depth table, data layouts and the side head's position (docs/original.md §2-3).
+the ImageNet depth table, data layouts, the kinds of batch norm and gate settings, and the
+side head's position (docs/original.md §2-3).
 
 Command lines and configs read these facts before TensorFlow starts; `networks` builds
 Keras models from them.
@@ -15,6 +16,12 @@ IMAGENET_DEPTHS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (Tr
                    101: (True, (3, 4, 23, 3)), 152: (True, (3, 8, 36, 3))}
 DATA_FORMATS = ("channels_last", "channels_first")  # NHWC, NCHW
 BATCH_NORMS = ("fused", "keras")  # TensorFlow's fused kernel (batch_norm.py), or Keras' own layer
+# The strict-identity gate's settings (gate.StrictIdentity): tensorpack's moving-summary decay,
+# which its averages warm up to (docs/original.md §1), and how it decides at inference
+# (model.gate_inference): from what training stored in it (the default), or per evaluated
+# batch as the original's did.
+GATE_EMA_DECAY = 0.95
+GATE_INFERENCE_MODES = ("stored", "per_batch")
 
 @dataclasses.dataclass(frozen=True)
 class Structure:

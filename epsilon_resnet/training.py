@@ -2,7 +2,7 @@
 MirroredStrategy and MultiWorkerMirroredStrategy (where `model.fit` is broken with Keras 3,
 docs/tensorflow.md), driving ordinary Keras callbacks.
 
-Re-running the same command (or --resume) continues exactly from the run folder's latest
+Training into the same run folder again continues exactly from the run folder's latest
 checkpoint: weights, optimizer, step, learning-rate and ε schedules, gate averages, the
 partial sums of an interrupted epoch and the position in the training data stream. In a
 multi-worker run only the chief writes the run folder.
@@ -13,15 +13,13 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 
 import keras
 import tensorflow as tf
 
 from epsilon_resnet import callbacks as cbs
 from epsilon_resnet import config as config_lib
-from epsilon_resnet import console, data, distribute, losses, run_folder, runtime
+from epsilon_resnet import checkpoints, console, data, distribute, losses, run_folder, runtime
 from epsilon_resnet.console import logger, setup_logging
 from epsilon_resnet.data import files
 from epsilon_resnet.errors import Interrupted, RunError
@@ -117,11 +115,9 @@ class Trainer:
             seed = train.seed if train.seed is not None else random.SystemRandom().randrange(2 ** 31)
             self.data_seed = tf.Variable(seed, dtype=tf.int64, trainable=False, name="data_seed")
         self.state = TrainingState()
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, state=self.state,
-                                              data_seed=self.data_seed)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, run_dir, max_to_keep=train.keep_checkpoints, checkpoint_name=run_folder.CHECKPOINT_NAME,
-            keep_checkpoint_every_n_hours=train.keep_checkpoint_every_minutes / 60)
+        self.checkpoints = checkpoints.RunCheckpoints(run_dir, train, self.chief, model=self.model,
+                                                      optimizer=self.optimizer, state=self.state,
+                                                      data_seed=self.data_seed)
         self.lr_setter = cbs.LearningRateSetter(self.policy, self.optimizer)
         self.train_step = self._compile_train_step()  # (iterator, stop) -> step stats; benchmarks time it
         self.evaluate = Evaluator(self.model, jit_compile=train.jit_compile)
@@ -178,52 +174,31 @@ class Trainer:
 
     def resume(self, path):
         """Restore a full checkpoint of this run (weights, optimizer, step, schedules, data seed)."""
-        run_folder.check_checkpoint(path)
-        try:
-            self.checkpoint.restore(path).expect_partial()
-        except (tf.errors.OpError, ValueError) as err:
-            raise RunError(f"cannot load checkpoint {path!r}: {err}") from None
+        self.checkpoints.restore(path)
         if "lr" in self.state.values:
             self.lr_setter.load_state(self.state.values["lr"])
 
     def load_variables(self, path):
-        """--load: every variable of another checkpoint (weights, statistics, gate averages,
-        momentum, global step), but a new run: epoch 1, schedules from their start."""
-        run_folder.restore_model(self.model, path, exact=False)
+        """Every variable of another checkpoint (weights, statistics, gate averages, momentum,
+        global step), but a new run: epoch 1, schedules from their start."""
+        checkpoints.restore_model(self.model, path, exact=False)
         tf.train.Checkpoint(optimizer=self.optimizer).read(path).expect_partial()
 
     def save(self):
-        """Checkpoint the current state as model-<global step>; returns its path (None off the chief).
-
-        CheckpointManager writes atomically: the `checkpoint` file names the new one only
-        once it is complete, so a crash mid-save leaves the previous one as the latest. A
-        step of train.keep_checkpoint_steps is first also written to kept/, out of the
-        manager's reach. A worker other than the chief makes the same saves (they may hold
-        collective ops) into a temporary folder deleted at once.
-        """
+        """Checkpoint the current state as model-<global step> (`checkpoints.RunCheckpoints`);
+        returns its path (None off the chief)."""
         self.state.values["lr"] = self.lr_setter.state()
-        step = self.global_step
-        folder = self.run_dir if self.chief else tempfile.mkdtemp(prefix="epsilon_resnet-worker-")
         try:
-            if step in self.config.train.keep_checkpoint_steps:
-                run_folder.write_checkpoint(self.checkpoint, os.path.join(folder, run_folder.KEPT_FOLDER),
-                                            f"{run_folder.CHECKPOINT_NAME}-{step}")
-            manager = self.manager if self.chief else tf.train.CheckpointManager(
-                self.checkpoint, folder, max_to_keep=1, checkpoint_name=run_folder.CHECKPOINT_NAME)
-            path = manager.save(checkpoint_number=step)
+            return self.checkpoints.save(self.global_step)
         except (OSError, tf.errors.OpError) as err:
             raise RunError(self._write_failure(err)) from None
-        finally:
-            if not self.chief:
-                shutil.rmtree(folder, ignore_errors=True)
-        return path if self.chief else None
 
     def _write_failure(self, err):
         full = getattr(err, "errno", None) == errno.ENOSPC or "no space left" in str(err).lower()
         return (f"writing to {self.run_dir} failed at global step {self.global_step}"
                 f"{' because the disk is full' if full else ''}: {err}. The last complete checkpoint is "
-                f"{run_folder.latest_checkpoint(self.run_dir)}; once the problem is fixed, run the same command "
-                f"again to resume")
+                f"{checkpoints.latest_checkpoint(self.run_dir)}; once the problem is fixed, train into "
+                f"the same run folder again to resume")
 
     def _check_workers_agree(self):
         """Every worker must start from the same step, or their collective ops would never meet."""
@@ -300,7 +275,7 @@ class Trainer:
             if not math.isfinite(values["cost"]):
                 raise RunError(f"the loss became {values['cost']} at global step {self.global_step} (step {step + 1} "
                                f"of epoch {epoch}); nothing was saved after it: the last good checkpoint is "
-                               f"{run_folder.latest_checkpoint(self.run_dir)}")
+                               f"{checkpoints.latest_checkpoint(self.run_dir)}")
             for key, value in values.items():
                 state["sums"][key] = state["sums"].get(key, 0.0) + value
             state["step_in_epoch"] = step + 1
@@ -336,31 +311,31 @@ class Trainer:
         """Save the current step and return the Interrupted error that ends the run."""
         saved = self.save() or "the chief's checkpoint"
         return Interrupted(f"stopped by {reason} at global step {self.global_step} ({where}) after saving "
-                           f"{saved}; run the same command again (or add --resume) to continue")
+                           f"{saved}; train into the same run folder again to continue")
 
 
 def _start_point(run_dir, load, resume):
-    """The checkpoint a run starts from: its own latest (resume), --load's (a new run), or None."""
+    """The checkpoint a run starts from: its own latest (resume), `load`'s (a new run), or None."""
     if load:
         run_folder.check_checkpoint(load)
-    latest = run_folder.latest_checkpoint(run_dir)
+    latest = checkpoints.latest_checkpoint(run_dir)
     if resume and load:
-        raise RunError("--resume continues the run folder's own latest checkpoint; --load starts a new run from "
+        raise RunError("`resume` continues the run folder's own latest checkpoint; `load` starts a new run from "
                        "another one: give only one of them")
     if resume and not latest:
-        raise RunError(f"--resume: {run_dir} " + ("has no checkpoint to resume from (its 'checkpoint' file names "
+        raise RunError(f"`resume`: {run_dir} " + ("has no checkpoint to resume from (its 'checkpoint' file names "
                                                   "none)" if os.path.isdir(run_dir) else "does not exist")
-                       + "; check the output name (-o), or drop --resume to start a new run")
+                       + "; check the `run_dir`, or drop `resume` to start a new run")
     if latest and load:
         raise RunError(f"{run_dir} already has checkpoints (latest {latest}); it resumes by itself. "
-                       f"Drop --load, or choose another output name to start from {load}")
+                       f"Drop `load`, or choose another `run_dir` to start from {load}")
     return latest
 
 
 def train_and_evaluate(config, run_dir, load=None, resume=False, strategy=None, progress=True, extra_callbacks=()):
     """Train a config into run_dir: resume from its latest checkpoint, else start from `load` or scratch.
 
-    resume=True insists on a checkpoint to resume from. The dataset and the --load
+    resume=True insists on a checkpoint to resume from. The dataset and the `load`
     checkpoint are checked before the run folder is created, so a mistyped path leaves
     nothing behind. In a multi-worker run only the chief writes run_dir.
     """

@@ -10,7 +10,7 @@ Writes val_error.png and learning_rate.png (every configuration overlaid), disca
 per gated configuration, one panel per run. Runs given the same label are seeds of one
 configuration: their mean is drawn with a band of ± one sample standard deviation. With
 --results, the configurations are the final plain and ε-ResNet runs of
-benchmarks/reproduce_cifar10.py, read from the results file alone. Only metrics.jsonl (or the
+the reproduction (python -m reproduction), read from the results file alone. Only metrics.jsonl (or the
 results file) is read, never log.log, and nothing is written into the run folders; TensorFlow
 is not imported.
 """
@@ -27,9 +27,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from epsilon_resnet import metrics_file  # noqa: E402
+from epsilon_resnet import run_folder  # noqa: E402
 
-GATE_SUFFIX = "/is_discarded"
 DPI = 100
 
 
@@ -38,10 +37,10 @@ class PlotError(ValueError):
 
 
 def read_metrics(run_dir):
-    """The run's per-epoch records (metrics_file.read_metrics), checked to hold what the plots need."""
-    path = os.path.join(run_dir, "metrics.jsonl")
+    """The run's per-epoch records (run_folder.read_metrics), checked to hold what the plots need."""
+    path = os.path.join(run_dir, run_folder.METRICS_FILE)
     try:
-        records = metrics_file.read_metrics(run_dir)
+        records = run_folder.read_metrics(run_dir)
     except (OSError, ValueError) as err:
         raise PlotError(str(err)) from None
     except (KeyError, TypeError):
@@ -56,7 +55,7 @@ def read_metrics(run_dir):
 
 def gate_blocks(records):
     """Block names with an is_discarded average, in the network's order (as the run logged them)."""
-    return [k[:-len(GATE_SUFFIX)] for k in records[-1] if k.endswith(GATE_SUFFIX)]
+    return list(run_folder.block_metrics(records[-1], "is_discarded"))
 
 
 def save_png(fig, path):
@@ -128,7 +127,7 @@ def gate_heatmap(label, runs, path):
                              squeeze=False, sharey=True, layout="constrained")
     for ax, (name, records) in zip(axes[0], runs):
         epochs = [r["epoch"] for r in records]
-        values = [[r.get(b + GATE_SUFFIX, float("nan")) for r in records] for b in blocks]
+        values = [[r.get(run_folder.block_metric(b, "is_discarded"), float("nan")) for r in records] for b in blocks]
         image = ax.imshow(values, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=1,
                           extent=(epochs[0] - 0.5, epochs[-1] + 0.5, len(blocks) - 0.5, -0.5))
         ax.set(xlabel="epoch", title=name if len(runs) > 1 else None)
@@ -181,12 +180,12 @@ def plot_runs(run_dirs, out, labels=None):
 
 
 def results_groups(results, path):
-    """The final runs of a reproduction results file (benchmarks/reproduce_cifar10.py), one group per model."""
+    """The final runs of a reproduction results file (python -m reproduction), one group per model."""
     groups = []
     for kind, title in (("plain", "plain ResNet"), ("eps", "ε-ResNet")):
         runs = [r for r in results.get("runs", []) if r.get("phase") == "final" and r.get("kind") == kind]
         if not runs:
-            raise PlotError(f"{path} holds no final {kind} run: is it a results file of reproduce_cifar10.py?")
+            raise PlotError(f"{path} holds no final {kind} run: is it a results file of the reproduction?")
         depth = 2 * runs[0]["blocks"] + 2
         label = f"{title}-{depth}" + (f", ε = {runs[0]['epsilon']:g}" if kind == "eps" else "")
         groups.append((label, kind, [(f"seed {r['seed']}", records_of(r)) for r in runs]))
@@ -197,7 +196,7 @@ def records_of(run):
     """A results file's run as metrics.jsonl records: its curves and per-block gate averages, per epoch."""
     curves, gates = run["curves"], run["gates"]
     return [{**{key: values[i] for key, values in curves.items()},
-             **{block + GATE_SUFFIX: values[i] for block, values in gates.items()}}
+             **{run_folder.block_metric(block, "is_discarded"): values[i] for block, values in gates.items()}}
             for i in range(len(curves["epoch"]))]
 
 
@@ -208,7 +207,7 @@ def plot_results(path, out):
             results = json.load(f)
         groups = results_groups(results, path)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise PlotError(f"{path}: not a readable results file of reproduce_cifar10.py ({err!r})") from None
+        raise PlotError(f"{path}: not a readable results file of the reproduction ({err!r})") from None
     return plot_groups(groups, out, error_label="test error (%)")
 
 
@@ -217,7 +216,7 @@ def main(argv=None):
                                                  "discarded blocks and per-block gate heat maps.")
     parser.add_argument("runs", nargs="*", metavar="RUN_DIR", help="train_log.<output> folders")
     parser.add_argument("--results", metavar="JSON", help="instead of run folders: the final runs of a results "
-                                                          "file of benchmarks/reproduce_cifar10.py")
+                                                          "file of the reproduction (python -m reproduction)")
     parser.add_argument("--out", default="figures", help="folder for the PNGs (default: figures/)")
     parser.add_argument("--labels", nargs="+", help="legend names, one per run (default: the run names); runs "
                                                     "with the same name are seeds of one configuration, drawn "

@@ -77,12 +77,7 @@ def test_an_edited_cfg_is_refused_in_one_short_line(compressed, tmp_path, capsys
     text = cfg.read_text()
     assert "first_block_kept: [false, false, false]" in text and "eval_batch_size: 8" in text
     cfg.write_text(text.replace("first_block_kept: [false, false, false]", "first_block_kept: [true, false, false]"))
-    assert evaluate("--cfg", cfg) == 1
-    assert "first_block_kept [True, False, False] contradicts first_block_discarded [True, True, True]" in \
-        one_line_error(capsys)
-    # Edited in both places, the weights no longer fit: TensorFlow's list of unmatched variables, names only.
-    cfg.write_text(text.replace("first_block_kept: [false, false, false]", "first_block_kept: [true, false, false]")
-                   .replace("first_block_discarded: [true, true, true]", "first_block_discarded: [false, true, true]"))
+    # The weights no longer fit: TensorFlow's list of unmatched variables, names only.
     assert evaluate("--cfg", cfg) == 1
     err = one_line_error(capsys)
     assert "do not fit the network" in err and "res1.0_conv1" in err and len(err) < 600, err

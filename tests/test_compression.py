@@ -1,6 +1,7 @@
 """Compression (docs/original.md §8): the blocks closed at inference go, weights are copied by
 structure, the compressed network computes the gated network's inference logits at every batch
 size, and the .cfg and checkpoint are written beside the run without touching it."""
+import dataclasses
 import json
 import os
 
@@ -10,12 +11,13 @@ import pytest
 import tensorflow as tf
 import yaml
 
-from epsilon_resnet import compressed_cfg, run_folder
+from benchmarks.inference_gate import discard_tolerance
+from epsilon_resnet import checkpoints, compressed_cfg, export, run_folder
 from epsilon_resnet import compression as C
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import data
 from epsilon_resnet.cli import imagenet_compressed_main, imagenet_main
-from epsilon_resnet.errors import CompressionError, RunError
+from epsilon_resnet.errors import CheckpointError, CompressionError, FileError, RunError, WeightsDoNotFit
 from epsilon_resnet.gate import StrictIdentity, gates_of, per_batch_inference
 from epsilon_resnet.networks import build_from_config, build_resnet
 from epsilon_resnet.structures import Structure, cifar_structure
@@ -206,11 +208,11 @@ def test_a_closed_block_stalls_at_or_below_one_in_float32_and_still_counts_as_di
         closed_step()
     stalled = float(layer.is_discarded.numpy())
     assert stalled == tensorpack_ema_of_ones(400, 0.95) <= 1.0
-    assert 1.0 - C.discard_tolerance(0.95) <= stalled and layer.closed_at_inference()
+    assert 1.0 - discard_tolerance(0.95) <= stalled and layer.closed_at_inference()
     # Without the warm-up the average stalls lowest (0.99999946 at d = 0.95), and still counts.
     assert float32_ema_fixed_point(0.95) == np.float32(0.99999946)
     for decay in (0.5, 0.9, 0.95, 0.99, 0.999):
-        assert float32_ema_fixed_point(decay) >= 1 - C.discard_tolerance(decay)
+        assert float32_ema_fixed_point(decay) >= 1 - discard_tolerance(decay)
 
 
 def test_a_block_open_within_the_last_hundred_steps_has_not_reached_one():
@@ -218,7 +220,7 @@ def test_a_block_open_within_the_last_hundred_steps_has_not_reached_one():
         ema = np.float32(float32_ema_fixed_point(decay) * decay)  # open once (x = 0) ...
         for _ in range(100):                                     # ... then closed again
             ema = ema - np.float32((ema - np.float32(1)) * (np.float32(1) - np.float32(decay)))
-        assert ema < 1 - C.discard_tolerance(decay)
+        assert ema < 1 - discard_tolerance(decay)
 
 
 # ---- a run folder ---------------------------------------------------------------------------------
@@ -245,10 +247,8 @@ def write_run(folder, source, steps=(6, 12), raw_config=RUN_CONFIG, closed=CLOSE
     The checkpoints hold model, optimizer and state like the Trainer's, with the gates of
     `closed` shut (`shut`).
     """
-    os.makedirs(folder)
     config = config_lib.from_dict(raw_config)
-    with open(os.path.join(folder, "config.yaml"), "w") as f:
-        f.write(config_lib.dump(config))
+    run_folder.prepare(folder, config)
     gated = build_from_config(config.model, source)
     randomize_batch_norms(gated)
     shut(gated, closed)
@@ -257,12 +257,11 @@ def write_run(folder, source, steps=(6, 12), raw_config=RUN_CONFIG, closed=CLOSE
     checkpoint = tf.train.Checkpoint(model=gated, optimizer=optimizer, state=TrainingState())
     blocks = [g.block for g in gates_of(gated)]
     averages = {b: 1.0 if b in closed else 0.0 for b in blocks}
-    with open(os.path.join(folder, "metrics.jsonl"), "w") as f:
-        for epoch, step in enumerate(steps, 1):
-            checkpoint.write(os.path.join(folder, f"model-{step}"))
-            record = {"epoch": epoch, "global_step": step, "val_error": 0.5 + epoch / 100, "val_error_side": 0.7,
-                      "epsilon": 0.0, **{f"{b}/is_discarded": a for b, a in averages.items()}}
-            f.write(json.dumps(record) + "\n")
+    for epoch, step in enumerate(steps, 1):
+        checkpoints.write_checkpoint(checkpoint, folder, f"{run_folder.CHECKPOINT_NAME}-{step}")
+        run_folder.append_metrics(os.path.join(folder, run_folder.METRICS_FILE), {
+            "epoch": epoch, "global_step": step, "val_error": 0.5 + epoch / 100, "val_error_side": 0.7,
+            "epsilon": 0.0, **{run_folder.block_metric(b, run_folder.IS_DISCARDED): a for b, a in averages.items()}})
     return gated
 
 
@@ -281,23 +280,25 @@ def run(tmp_path_factory, source):
 
 
 def test_compress_run_writes_cfg_and_weights_that_round_trip(run, source):
-    folder, gated, _, cfg_path, cfg = run
+    folder, gated, _, cfg_path, spec = run
     assert cfg_path == os.path.join(folder, "compressed_model_12.cfg")
+    assert compressed_cfg.read(cfg_path) == dataclasses.replace(spec, path=cfg_path)
     with open(cfg_path) as f:
-        assert yaml.safe_load(f) == cfg
-    assert cfg["dataset"] == "cifar10" and cfg["n"] == 2 and cfg["step"] == 12 and cfg["epoch"] == 2
-    assert cfg["source_checkpoint"] == "model-12" and cfg["decision"] == C.DECISION
-    assert cfg["discarded_blocks"] == CLOSED and cfg["first_block_discarded"] == [False, True, False]
-    assert (cfg["stage_units"], cfg["first_block_kept"]) == ([1, 2, 2], [True, False, True])
-    assert cfg["recorded_errors"] == {"val_error": 0.52, "val_error_side": 0.7}
-    check = cfg["check"]
+        raw = yaml.safe_load(f)
+    assert raw["dataset"] == "cifar10" and raw["n"] == 2 and raw["step"] == 12 and raw["epoch"] == 2
+    assert raw["source_checkpoint"] == "model-12" and raw["decision"] == C.DECISION
+    assert raw["discarded_blocks"] == CLOSED and "first_block_discarded" not in raw  # one fact, said once
+    assert (raw["stage_units"], raw["first_block_kept"]) == ([1, 2, 2], [True, False, True])
+    assert raw["recorded_errors"] == {"val_error": 0.52, "val_error_side": 0.7}
+    check = spec.check
     assert check["images"] == 12 and check["batches"] == 3 and check["logits_equal"] and check["batch_size"] == 4
-    assert check["gated_error"] == check["compressed_error"] == check["per_batch_error"] and cfg["warnings"] == []
-    assert cfg["cost"]["compressed"]["params"] < cfg["cost"]["full"]["params"]
-    assert cfg["cost"]["compressed"]["macs"] < cfg["cost"]["full"]["macs"]
+    assert check["gated_error"] == check["compressed_error"] == check["per_batch_error"] and spec.warnings == ()
+    assert spec.cost["compressed"]["params"] < spec.cost["full"]["params"]
+    assert spec.cost["compressed"]["macs"] < spec.cost["full"]["macs"]
+    assert spec.full_structure.gated_blocks == 6
 
     spec = compressed_cfg.read(cfg_path)
-    model = compressed_cfg.build(spec)
+    model = C.load_compressed(spec)
     assert spec.structure == Structure("cifar", (1, 2, 2), (True, False, True))
     x = source.images[:4]
     np.testing.assert_allclose(model(x)["logits"].numpy(), gated(x, training=False)["logits"].numpy(), atol=1e-4)
@@ -335,13 +336,13 @@ def test_several_runs_below_the_folder_are_listed(tmp_path):
         os.makedirs(tmp_path / name)
         for file in ("config.yaml", "metrics.jsonl"):
             (tmp_path / name / file).write_text("")
-    with pytest.raises(CompressionError, match=r"several: \[.*train_log.a', .*train_log.b'\]"):
+    with pytest.raises(RunError, match=r"several: \[.*train_log.a', .*train_log.b'\]"):
         run_folder.find_run(str(tmp_path))
     assert run_folder.find_run(str(tmp_path / "train_log.a")) == str(tmp_path / "train_log.a")
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(CompressionError, match="found none"):
+    with pytest.raises(RunError, match="found none"):
         run_folder.find_run(str(tmp_path / "empty"))
-    with pytest.raises(CompressionError, match="is not a folder"):
+    with pytest.raises(RunError, match="is not a folder"):
         run_folder.find_run(str(tmp_path / "missing"))
 
 
@@ -354,18 +355,18 @@ def test_the_check_reports_the_per_batch_error_beside_the_equal_logits(tmp_path,
     checkpoint.read(os.path.join(folder, "model-12")).expect_partial()
     gates_of(gated)[-1].is_discarded.assign(1.0)  # res3.1
     tf.train.Checkpoint(model=gated).write(os.path.join(folder, "model-12"))
-    _, cfg = C.compress_run(folder, 12, source=source, check_batches=2)
-    assert cfg["discarded_blocks"] == CLOSED + ["res3.1"] and cfg["check"]["logits_equal"]
+    _, spec = C.compress_run(folder, 12, source=source, check_batches=2)
+    assert spec.discarded_blocks == (*CLOSED, "res3.1") and spec.check["logits_equal"]
     x, labels = source.images[:8], source.labels[:8]
     with per_batch_inference(gated):
         per_batch = np.concatenate([gated(x[i:i + 4], training=False)["logits"].numpy() for i in (0, 4)])
-    assert cfg["check"]["per_batch_error"] == pytest.approx(np.mean(per_batch.argmax(1) != labels))
-    assert cfg["check"]["gated_error"] == cfg["check"]["compressed_error"]
+    assert spec.check["per_batch_error"] == pytest.approx(np.mean(per_batch.argmax(1) != labels))
+    assert spec.check["gated_error"] == spec.check["compressed_error"]
 
 
 # ---- reading .cfg files ----------------------------------------------------------------------------
 @pytest.mark.parametrize("edit, message", [
-    (lambda text: text + "\n  bad: [unclosed\n", "not valid YAML"),
+    (lambda text: text + "\n  bad: [unclosed\n", "not valid YAML"),  # a FileError
     (lambda text: "- just a list\n", "expected a mapping"),
     (lambda text: text.replace("stage_units:", "units:"), "missing key 'stage_units'"),
     (lambda text: text.replace("dataset: cifar10", "dataset: mnist"), "unknown dataset 'mnist'"),
@@ -378,7 +379,7 @@ def test_malformed_cfg_is_a_clear_error(run, tmp_path, edit, message):
         text = f.read()
     path = tmp_path / "edited.cfg"
     path.write_text(edit(text))
-    with pytest.raises(CompressionError, match=message):
+    with pytest.raises((CompressionError, FileError), match=message):
         compressed_cfg.read(str(path))
 
 
@@ -389,12 +390,12 @@ def test_weights_that_do_not_fit_the_cfg_are_refused(run, tmp_path):
     raw["stage_units"], raw["weights"] = [2, 2, 2], os.path.join(folder, raw["weights"])
     wrong = tmp_path / "wrong.cfg"
     wrong.write_text(yaml.safe_dump(raw))
-    with pytest.raises(CompressionError, match="do not fit the network"):
-        compressed_cfg.build(compressed_cfg.read(str(wrong)))
+    with pytest.raises(WeightsDoNotFit, match="do not fit the network"):
+        C.load_compressed(compressed_cfg.read(str(wrong)))
     raw["stage_units"], raw["weights"] = [1, 2, 2], "missing_weights"
     wrong.write_text(yaml.safe_dump(raw))
-    with pytest.raises(CompressionError, match=r"missing_weights.index does not exist"):
-        compressed_cfg.build(compressed_cfg.read(str(wrong)))
+    with pytest.raises(CheckpointError, match=r"missing_weights.index does not exist"):
+        C.load_compressed(compressed_cfg.read(str(wrong)))
 
 
 def test_data_of_another_shape_or_class_count_is_refused(run):
@@ -410,8 +411,8 @@ def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
     model = build_resnet(cifar_structure(1), 10, gated=False, side_output=False)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(CompressionError, match="not an empty folder"):
-        compressed_cfg.export_saved_model(model, str(tmp_path / "full"))
+    with pytest.raises(RunError, match="not an empty folder"):
+        export.export_saved_model(model, str(tmp_path / "full"))
     assert os.listdir(tmp_path / "full") == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["full"]
 
 
@@ -424,12 +425,12 @@ def test_imagenet_run_compresses_and_evaluates_top1_and_top5(tmp_path, capsys):
     folder = str(tmp_path / "run")
     write_run(folder, data.get_source("fake-imagenet", **options), steps=(5,), raw_config=raw,
               closed=["group1/block0", "group2/block1"])
-    cfg_path, cfg = C.compress_run(folder, 5)
-    assert (cfg["depth"], cfg["stage_units"], cfg["first_block_kept"]) == (18, [2, 2, 1, 2], [True, False, True, True])
-    assert cfg["check"]["logits_equal"] and cfg["check"]["images"] == 12
+    cfg_path, spec = C.compress_run(folder, 5)
+    assert (spec.size, spec.structure) == (18, Structure("imagenet", (2, 2, 1, 2), (True, False, True, True)))
+    assert spec.check["logits_equal"] and spec.check["images"] == 12
     assert exit_code(imagenet_compressed_main, "--cfg", cfg_path) == 0
     top1, top5 = capsys.readouterr().out.splitlines()[:2]
-    assert top1 == f"Top-1 error: {cfg['check']['compressed_error']}" and top5.startswith("Top-5 error: ")
+    assert top1 == f"Top-1 error: {spec.check['compressed_error']}" and top5.startswith("Top-5 error: ")
     assert 0 <= float(top5.split(": ")[1]) <= float(top1.split(": ")[1])
     assert exit_code(imagenet_main, "--cfg", cfg_path) == 0  # imagenetEpsilonResnet.py --cfg, as in the original
     assert capsys.readouterr().out.splitlines()[:2] == [top1, top5]

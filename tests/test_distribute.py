@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 
 from epsilon_resnet import distribute
-from epsilon_resnet.metrics_file import read_metrics
+from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.cli import cifar_main
 from cli_helpers import write_tiny_config
 
@@ -39,7 +39,8 @@ GATE_CASES = textwrap.dedent('''
     import numpy as np
     import tensorflow as tf
 
-    from epsilon_resnet.gate import MONITORED, StrictIdentity
+    from epsilon_resnet.gate import StrictIdentity
+    from epsilon_resnet.run_folder import GATE_METRICS as MONITORED
 
     def gate_cases(strategy):
         """{case: {"single": ..., "replicas": ...}}: gate (output / F) and moving averages."""
@@ -72,7 +73,8 @@ GATE_CASES = textwrap.dedent('''
 RECORDER = textwrap.dedent('''
     import keras
 
-    from epsilon_resnet.gate import MONITORED, gates_of
+    from epsilon_resnet.gate import gates_of
+    from epsilon_resnet.run_folder import GATE_METRICS as MONITORED
 
     class GateRecorder(keras.callbacks.Callback):
         """Per step: [per local replica: [per gate: (is_discarded, response_abs_max, response_mean_max)]]."""

@@ -18,7 +18,7 @@ from epsilon_resnet import callbacks as cbs
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import training
 from epsilon_resnet.errors import Interrupted
-from epsilon_resnet.metrics_file import read_metrics
+from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.cli import cifar_main
 from cli_helpers import exit_code, write_tiny_config
 

@@ -30,7 +30,7 @@ def scaled_to_max(rng, max_abs, shape=(4, 8, 8, 16)):
 
 
 def test_the_monitored_names_are_the_originals():
-    assert gate_lib.MONITORED == MONITORED
+    assert gate_lib.GATE_METRICS == MONITORED
     layer = StrictIdentity(1.0, block="res1.0")
     layer.build((None, 4))
     assert all(getattr(layer, name).path.endswith(name) for name in MONITORED)

@@ -7,7 +7,7 @@ import pytest
 from data_fixtures import write_cifar10_python
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import training
-from epsilon_resnet.metrics_file import read_metrics
+from epsilon_resnet.run_folder import read_metrics
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ run folder that a training command before it creates (the scripts' own default n
 import os
 import shlex
 
-from epsilon_resnet import cli
+from epsilon_resnet import cli, run_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAINS = {"cifarEpsilonResnet.py": cli.cifar_main, "svhnEpsilonResnet.py": cli.svhn_main,
@@ -21,11 +21,11 @@ def readme_training_commands():
 def test_a_loaded_checkpoint_s_folder_is_one_that_a_command_before_it_creates(monkeypatch):
     created = []
 
-    def record_run_folder(args, dataset, default_output, **overrides):
-        config = cli.resolve_config(args, dataset, **overrides)
-        created.append(f"train_log.{args.output or default_output(config)}")
+    def record_run_folder(args, config, default_output):
+        created.append(run_folder.run_dir_of(args.output or default_output(config)))
     monkeypatch.setattr(cli, "run_training", record_run_folder)
-    monkeypatch.setattr(cli, "start_tensorflow", lambda args: None)
+    monkeypatch.setattr(cli.console, "quiet_tensorflow", lambda verbose: None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # --gpu sets it; monkeypatch restores it afterwards
     loads = 0
     for argv in readme_training_commands():
         flags = argv[2:]

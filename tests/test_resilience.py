@@ -12,10 +12,10 @@ import sys
 
 import pytest
 
-from epsilon_resnet import metrics_file, run_folder
+from epsilon_resnet import run_folder
 from epsilon_resnet.cli import cifar_main, compress_main
 from epsilon_resnet.errors import RunError
-from epsilon_resnet.metrics_file import read_metrics
+from epsilon_resnet.run_folder import read_metrics
 from cli_helpers import exit_code, snapshot, write_tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +130,7 @@ class Collect(logging.Handler):
 
 def test_the_reader_names_a_damaged_line_and_what_it_kept(tmp_path, monkeypatch):
     collect = Collect()
-    monkeypatch.setattr(metrics_file.logger, "handlers", [collect])  # only this test's handler (not a run's log)
+    monkeypatch.setattr(run_folder.logger, "handlers", [collect])  # only this test's handler (not a run's log)
     records = [{"epoch": epoch, "global_step": 3 * epoch} for epoch in (1, 2, 3)]
     text = [json.dumps(r) for r in records]
     # What a run of an earlier version left: epoch 2's cut line, its resumed epoch 2 appended to it, and a cut epoch 3.
@@ -148,6 +148,6 @@ def test_the_reader_names_a_damaged_line_and_what_it_kept(tmp_path, monkeypatch)
 def test_repair_keeps_a_last_record_that_only_lacks_its_newline(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"epoch": 1}\n{"epoch": 2}')
-    assert metrics_file.repair_cut_tail(str(path)) == f"{path}:2 lacked its newline; added it"
+    assert run_folder.repair_cut_tail(str(path)) == f"{path}:2 lacked its newline; added it"
     assert path.read_text() == '{"epoch": 1}\n{"epoch": 2}\n' and os.listdir(tmp_path) == ["metrics.jsonl"]
-    assert metrics_file.repair_cut_tail(str(path)) is None
+    assert run_folder.repair_cut_tail(str(path)) is None

@@ -7,7 +7,7 @@ import pytest
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import training
 from epsilon_resnet.gate import gates_of
-from epsilon_resnet.metrics_file import read_metrics
+from epsilon_resnet.run_folder import read_metrics
 
 STEPS = 150  # per epoch: enough for a closed block's average (decay 0.95) to get within 1e-3 of 1
 

@@ -13,7 +13,7 @@ import tensorflow as tf
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import data, run_folder, training
 from epsilon_resnet.errors import Interrupted
-from epsilon_resnet.metrics_file import read_metrics
+from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.cli import cifar_main
 from cli_helpers import exit_code, write_tiny_config
 

@@ -25,7 +25,7 @@ from epsilon_resnet.cli import cifar_main
 from epsilon_resnet.data import augment
 from epsilon_resnet.data.source import ArraySource
 from epsilon_resnet.gate import gates_of
-from epsilon_resnet.metrics_file import read_metrics
+from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.networks import build_resnet, kernels
 from epsilon_resnet.structures import cifar_structure
 from cli_helpers import exit_code, write_tiny_config

@@ -12,7 +12,7 @@ import yaml
 
 import data_fixtures as fx
 from epsilon_resnet import config as config_lib
-from epsilon_resnet.metrics_file import read_metrics
+from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.cli import imagenet_main, svhn_main
 from cli_helpers import exit_code, snapshot
 

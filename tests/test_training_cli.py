@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from epsilon_resnet.metrics_file import read_metrics
+from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.cli import cifar_main
 from cli_helpers import exit_code, snapshot, write_tiny_config
 

@@ -1,0 +1,139 @@
+"""Running the stages of many runs as processes, `slots` at a time, booking each one's CPU time
+(user + sys from wait4) in the ledger.
+
+A run's next stage follows from its files: training until metrics.jsonl reaches the last epoch
+(re-running a training command resumes it), then compressModel.py at the last step, then
+cifarCompressedResnet.py -o, whose evaluation.json closes the run.
+"""
+import dataclasses
+import os
+import subprocess
+import sys
+
+from benchmarks.provenance import now
+from epsilon_resnet import run_folder
+from reproduction import REPO, shown
+from reproduction.ledger import claim
+
+SCRIPTS = {stage: os.path.join(REPO, "scripts", name) for stage, name in (
+    ("train", "cifarEpsilonResnet.py"), ("compress", "compressModel.py"), ("evaluate", "cifarCompressedResnet.py"),
+    ("plot", "plot_runs.py"))}
+SINGLE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
+def read_metrics(run_dir):
+    """The run's per-epoch records, [] before its first epoch ends."""
+    has_metrics = os.path.isfile(os.path.join(run_dir, run_folder.METRICS_FILE))
+    return run_folder.read_metrics(run_dir) if has_metrics else []
+
+
+def next_stage(run, workdir, data_dir):
+    """(stage, command) of the run's next step, or None when it is complete."""
+    records = read_metrics(run.run_dir)
+    if not records or records[-1]["epoch"] < run.max_epoch:
+        return "train", [SCRIPTS["train"], "--config", run.config_path, "-o", run.name, "--data", data_dir]
+    if not run.compressed:
+        return None
+    step = records[-1]["global_step"]
+    if not os.path.isfile(run.cfg_path(step)):
+        return "compress", [SCRIPTS["compress"], "--dir", run.run_dir, "--step", str(step), "--data", data_dir]
+    output = run.evaluation_output(step)
+    if not os.path.isfile(os.path.join(workdir, run_folder.run_dir_of(output), run_folder.EVALUATION_FILE)):
+        return "evaluate", [SCRIPTS["evaluate"], "--cfg", run.cfg_path(step), "--cifar10", "--data", data_dir,
+                            "-o", output]
+    return None
+
+
+@dataclasses.dataclass
+class Started:
+    run: object
+    stage: str
+    process: subprocess.Popen
+    log: str
+    from_epoch: int
+    date: str
+
+
+class Scheduler:
+    def __init__(self, ledger, workdir, data_dir, slots, invocation):
+        self.ledger, self.workdir, self.data_dir, self.slots = ledger, workdir, data_dir, slots
+        self.invocation = invocation
+        self.running, self.failed, self.done, self.last = {}, {}, set(), {}
+        self.stopping = False
+
+    def run(self, runs, extend=lambda done: []):
+        """Work through `runs`; `extend(done names)` may add runs as others complete. Returns failures."""
+        queue = list(runs)
+        for run in queue:
+            claim(run, self.ledger)
+        while True:
+            self._fill(queue)
+            added = extend(self.done)
+            for run in added:
+                claim(run, self.ledger)
+            queue += added
+            if added:
+                continue
+            if not self.running:
+                return self.failed
+            self._reap(*self._wait())
+
+    def _fill(self, queue):
+        busy = {started.run.name for started in self.running.values()}
+        for run in queue:
+            if run.name in busy or run.name in self.failed or run.name in self.done or self.stopping:
+                continue
+            following = next_stage(run, self.workdir, self.data_dir)
+            if following is None:
+                self.done.add(run.name)
+            elif self.last.get(run.name) == following[0]:  # it ended well without getting further
+                self.failed[run.name] = f"{following[0]} exited 0 but the run is not further on"
+            elif len(self.running) < self.slots:
+                self._start(run, *following)
+                busy.add(run.name)
+
+    def _start(self, run, stage, command):
+        log = os.path.join(self.workdir, "logs", f"{run.name}.{stage}.out")
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        records = read_metrics(run.run_dir)
+        self.ledger.entry(run.name)["config_sha256"] = run.sha256
+        self.ledger.save()
+        print(f"{run.name}: {stage} (log {shown(log)})", flush=True)
+        with open(log, "a" if stage == "train" else "w") as out:
+            process = subprocess.Popen([sys.executable, *command], cwd=self.workdir, stdout=out,
+                                       stderr=subprocess.STDOUT, env={**os.environ, **SINGLE_THREAD})
+        self.running[process.pid] = Started(run, stage, process, log, records[-1]["epoch"] if records else 0, now())
+
+    def _reap(self, pid, status, usage):
+        started = self.running.pop(pid, None)
+        if started is None:
+            return
+        started.process.returncode = code = os.waitstatus_to_exitcode(status)
+        run, stage = started.run, started.stage
+        cpu = usage.ru_utime + usage.ru_stime
+        entry = self.ledger.entry(run.name)
+        if stage == "train":
+            records = read_metrics(run.run_dir)
+            entry["sessions"].append({
+                "invocation": self.invocation["date"], "started": started.date, "ended": now(),
+                "from_epoch": started.from_epoch, "to_epoch": records[-1]["epoch"] if records else 0,
+                "cpu_seconds": cpu, "exit_code": code, "commit": self.invocation["git"]["commit"],
+                "dirty": self.invocation["git"]["dirty"], "machine": self.invocation["machine"]})
+        else:  # compression and evaluation: CPU time summed over attempts
+            booked = entry["stages"].setdefault(stage, {"cpu_seconds": 0.0})
+            booked["cpu_seconds"] += cpu
+        self.ledger.save()
+        self.last[run.name] = stage
+        if code:
+            self.failed[run.name] = f"{stage} failed ({code}); see {shown(started.log)}"
+        print(f"{run.name}: {stage} {'failed' if code else 'done'} ({cpu / 60:.1f} CPU-minutes)", flush=True)
+
+    def _wait(self):
+        """os.wait4 on any child (its own rusage), waiting on through Ctrl-C: the children get the
+        SIGINT too, save a checkpoint and stop, and their CPU time must still be booked."""
+        while True:
+            try:
+                return os.wait4(-1, 0)
+            except KeyboardInterrupt:
+                self.stopping = True
+                print("waiting for the runs to save a checkpoint and stop", file=sys.stderr, flush=True)
