@@ -4,7 +4,7 @@ The step time with a share f of the gates closed comes from `results/closed_bloc
 (ε-ResNet-110, batch 128: measured ratios over all-open at f = 0 and three shares), read
 between the measured points by linear interpolation. A run's closure curve is the fraction of
 its gated blocks closed at each epoch end (`discarded_cnt` / blocks), here from the ε-ResNet
-runs of `results/cifar10_reproduction.json`; an epoch costs the mean of the ratios at its two
+runs of `reproduction/results/cifar10_reproduction.json`; an epoch costs the mean of the ratios at its two
 ends (the curve starts at 0). A run's time with the skip, over its time without, is the mean of
 its epochs' costs.
 
@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 from benchmarks import provenance
+from reproduction import RESULTS_DIR, RESULTS_NAME
 
 NAME = "closure_saving"
 PAPER_FINAL_SHARES = {"ResNet-110 (22% closed)": 0.22, "752 layers (83% closed)": 0.83}
@@ -69,7 +70,7 @@ def main(argv=None):
     parser.parse_args(argv)
     with open(os.path.join(provenance.RESULTS_DIR, "closed_blocks.json")) as f:
         closed_blocks = json.load(f)
-    with open(os.path.join(provenance.RESULTS_DIR, "cifar10_reproduction.json")) as f:
+    with open(os.path.join(RESULTS_DIR, f"{RESULTS_NAME}.json")) as f:
         reproduction = json.load(f)
     result = savings(closed_blocks, reproduction)
     for name, run in result["runs"].items():

@@ -18,7 +18,7 @@ from epsilon_resnet.errors import CompressionError
 from epsilon_resnet.structures import Structure, cifar_structure, imagenet_structure
 
 HEADER = ("# A compressed ε-ResNet written by compressModel.py. Evaluate it with "
-          "cifarCompressedResnet.py / svhnCompressedResnet.py / imagenetCompressedResnet.py --cfg <this file>.\n")
+          "cifarCompressedResnet.py / svhnCompressedResnet.py / imagenetCompressedResnet.py, given this file.\n")
 # Keys every .cfg has, with their YAML types; the record's keys (below) may be missing or null.
 REQUIRED_KEYS = {"dataset": str, "stage_units": list, "first_block_kept": list, "num_classes": int,
                  "image_shape": list, "weights": str}

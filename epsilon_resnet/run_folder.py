@@ -8,7 +8,7 @@ written into it, without TensorFlow (plots and the reproduction read runs throug
     model-<step>.index/.data-*  the recent checkpoints (and one every 30 minutes; `checkpoints`)
     kept/model-<step>.*         checkpoints kept for good (train.keep_checkpoint_steps)
     compressed_model_<step>.*   compressModel.py's .cfg (`compressed_cfg`) and pruned weights
-    evaluation.json             an evaluation script's errors with -o (`write_evaluation`)
+    evaluation.json             an evaluation's errors, when asked for (`write_evaluation`)
     .lock                       the PID of the process writing the folder (see `locked`)
 
 Nothing here rewrites a file in place: new files are written under a temporary name and
@@ -45,7 +45,7 @@ RECORD_START = '{"epoch"'  # how every metrics record begins (`append_metrics`)
 
 
 def run_dir_of(output):
-    """The run folder of a run name (-o): train_log.<output>, in the current folder."""
+    """The run folder of a run name: train_log.<output>, in the current folder."""
     return RUN_PREFIX + output
 
 

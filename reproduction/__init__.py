@@ -2,7 +2,7 @@
 
     python -m reproduction --data DIR [--workdir DIR] [--results DIR] [--jobs K]
     python -m reproduction --quick   # the whole protocol on the 500-image sample, in minutes
-    python -m reproduction --render benchmarks/results/cifar10_reproduction.json --readme README.md
+    python -m reproduction --render reproduction/results/cifar10_reproduction.json --readme README.md
 
 The protocol (`protocol`, a YAML file in reproduction/protocols/) says which runs to make from
 two training configs (`runs`). Every run is made only through the command lines, in a process
@@ -20,6 +20,7 @@ No module here imports TensorFlow: the runs are processes of their own.
 import os
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO, "reproduction", "results")  # the committed results
 RESULTS_NAME = "cifar10_reproduction"
 
 

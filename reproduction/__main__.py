@@ -7,7 +7,7 @@ import sys
 
 from benchmarks.provenance import git_state, machine, now, write_atomic
 from epsilon_resnet.errors import Interrupted, RunError, UserError
-from reproduction import REPO, RESULTS_NAME, shown
+from reproduction import REPO, RESULTS_DIR, RESULTS_NAME, shown
 from reproduction.ledger import Ledger, read_text
 from reproduction.protocol import PROTOCOL, QUICK_PROTOCOL, load_protocol
 from reproduction.report import README_BEGIN, README_END, render_file, splice_readme
@@ -83,9 +83,9 @@ def parse_args(argv):
     parser.add_argument("--data", help="folder with cifar-10-batches-py (the official python-version layout; "
                                        "--quick: data/cifar10-sample)")
     parser.add_argument("--workdir", help="run folders, their configs, logs and ledger.json (default "
-                                          "benchmarks/runs; --quick: benchmarks/runs/quick)")
+                                          "reproduction/runs; --quick: reproduction/runs/quick)")
     parser.add_argument("--results", help="folder for cifar10_reproduction.json and .md (default "
-                                          "benchmarks/results; --quick: <workdir>/results)")
+                                          "reproduction/results; --quick: <workdir>/results)")
     parser.add_argument("--figures", help="folder for the figures (default figures/reproduction; with --results "
                                           "or --quick: <results>/figures)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
@@ -107,9 +107,8 @@ def parse_args(argv):
 def folders(args):
     """(protocol file, work folder, results folder, figures folder) with the defaults applied."""
     protocol = os.path.abspath(args.protocol or (QUICK_PROTOCOL if args.quick else PROTOCOL))
-    workdir = os.path.abspath(args.workdir or os.path.join(REPO, "benchmarks", "runs", *["quick"] * args.quick))
-    results = os.path.abspath(args.results or (os.path.join(workdir, "results") if args.quick
-                                               else os.path.join(REPO, "benchmarks", "results")))
+    workdir = os.path.abspath(args.workdir or os.path.join(REPO, "reproduction", "runs", *["quick"] * args.quick))
+    results = os.path.abspath(args.results or (os.path.join(workdir, "results") if args.quick else RESULTS_DIR))
     figures = os.path.abspath(args.figures or (os.path.join(results, "figures") if args.results or args.quick
                                                else os.path.join(REPO, "figures", "reproduction")))
     return protocol, workdir, results, figures

@@ -3,7 +3,7 @@
 
     python scripts/plot_runs.py train_log.a train_log.b [--labels A B] [--out figures/]
     python scripts/plot_runs.py train_log.s1 train_log.s2 train_log.e1 train_log.e2 --labels plain plain eps eps
-    python scripts/plot_runs.py --results benchmarks/results/cifar10_reproduction.json --out figures/reproduction
+    python scripts/plot_runs.py --results reproduction/results/cifar10_reproduction.json --out figures/reproduction
 
 Writes val_error.png and learning_rate.png (every configuration overlaid), discarded_cnt.png
 (the gated ones) and a heat map of each block's is_discarded moving average (blocks × epochs)

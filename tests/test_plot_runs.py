@@ -109,7 +109,7 @@ def test_runs_under_one_label_are_drawn_as_a_seed_band(plot_runs, captured, tmp_
 
 
 def fake_results(path, kinds=("plain", "eps")):
-    """A results file of reproduce_cifar10.py with two final seeds per model (and a selection run)."""
+    """A reproduction results file with two final seeds per model (and a selection run)."""
     runs = []
     for kind in kinds:
         for phase, seed in (("select", 1), ("final", 11), ("final", 12)):

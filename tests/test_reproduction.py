@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import yaml
 
-from reproduction import REPO, RESULTS_NAME, scheduler
+from reproduction import REPO, RESULTS_DIR, RESULTS_NAME, scheduler
 from reproduction import __main__ as cli
 from reproduction.protocol import QUICK_PROTOCOL, Targets, load_protocol
 from reproduction.report import README_BEGIN, README_END, lr_phases, readme_section, render_markdown
@@ -234,8 +234,8 @@ def test_readme_splice_replaces_only_the_marked_section(fake_protocol, tmp_path)
 
 
 def test_readme_section_is_the_committed_results_rendered():
-    """The README's reproduction is the Markdown of benchmarks/results/cifar10_reproduction.json, unedited."""
-    with open(os.path.join(REPO, "benchmarks", "results", f"{RESULTS_NAME}.json"), encoding="utf-8") as f:
+    """The README's reproduction is the Markdown of reproduction/results/cifar10_reproduction.json, unedited."""
+    with open(os.path.join(RESULTS_DIR, f"{RESULTS_NAME}.json"), encoding="utf-8") as f:
         results = json.load(f)
     with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
         readme = f.read()

@@ -152,7 +152,7 @@ def test_svhn_without_extra_names_a_spelling_the_command_line_takes(tmp_path, mo
         os.symlink(os.path.join(svhn_dir, f"{split}_32x32.mat"), data_dir / f"{split}_32x32.mat")
     quick = ("-n", "1", "--batch-size", "8", "--max-epoch", "1", "--data", data_dir)
     assert exit_code(svhn_main, *quick) == 1
-    assert "a copy of configs/svhn.yaml with data.options.use_extra: false, given as --config" in \
+    assert "data.options.use_extra: false in the config, use_extra=False in code" in \
         capsys.readouterr().err
     shipped = open(os.path.join(REPO, "configs", "svhn.yaml")).read()
     (tmp_path / "svhn.yaml").write_text(shipped.replace("use_extra: true", "use_extra: false"))

@@ -44,8 +44,7 @@ def _arrays(data_dir, train_splits):
     raise files.not_found(
         "svhn", data_dir, [*paths.values(), tfds_dir],
         f"{', '.join(MAT_FILES[split] for split in paths)} (to train without extra_32x32.mat: "
-        f"a copy of configs/svhn.yaml with data.options.use_extra: false, given as --config; use_extra=False "
-        f"in code), "
+        f"data.options.use_extra: false in the config, use_extra=False in code), "
         f"or a folder prepared by tensorflow-datasets ({TFDS_NAME}/<version>/)")
 
 
