@@ -4,14 +4,15 @@ Target: gated / plain <= 1.03, judged on the 95% confidence interval of the rati
 variants run the project's compiled training step (`training.Trainer`), so the gated side
 includes the gates' forward and backward ops, their moving-average updates, the
 cross-replica reduction and the side loss. A third variant, gated without the side head,
-splits the overhead into gates and side head; the same plain and gated pair with Keras' own
-batch norm (`model.batch_norm: keras`) gives the ratio against the slower step the target
-was first measured on. Each round times one step of every variant back to back (order
+splits the overhead into gates and side head; gated without the skipped backward of closed
+blocks (train.skip_closed_backward: false) says what the skip costs a network whose gates are
+all open; the same plain and gated pair with Keras' own batch norm (`model.batch_norm: keras`)
+gives the ratio against the slower step the target was first measured on. Each round times one step of every variant back to back (order
 reversed every round); the ratio is the geometric mean of the per-round ratios with a
 t-interval. One profiled step of the gated network says which ops the gates spend their
 time in.
 
-    python -m benchmarks.gate_overhead [--n 18] [--batch 128] [--steps 1] [--repeats 150] [--minutes 8]
+    python -m benchmarks.gate_overhead [--n 18] [--batch 128] [--steps 1] [--repeats 150] [--minutes 10]
 """
 import contextlib
 import sys
@@ -19,8 +20,9 @@ import sys
 from benchmarks import common
 
 NAME, TARGET = "gate_overhead", 1.03
-VARIANTS = (("plain", False, False, "fused"), ("gated", True, True, "fused"), ("gated_no_side", True, False, "fused"),
-            ("plain_keras_bn", False, False, "keras"), ("gated_keras_bn", True, True, "keras"))
+VARIANTS = (("plain", False, False, "fused", True), ("gated", True, True, "fused", True),
+            ("gated_no_side", True, False, "fused", True), ("gated_no_skip", True, True, "fused", False),
+            ("plain_keras_bn", False, False, "keras", True), ("gated_keras_bn", True, True, "keras", True))
 GATE_STATISTICS = ("Abs", "Max", "Min", "Mean")  # the reductions that decide the gate and feed its monitors
 
 
@@ -61,18 +63,19 @@ def measure(steps, args):
             "cpu_time_ratio": common.paired_ratio(cpu, "gated", "plain"),
             "gates_only_ratio": common.paired_ratio(wall, "gated_no_side", "plain"),
             "side_head_ratio": common.paired_ratio(wall, "gated", "gated_no_side"),
+            "skip_ratio": common.paired_ratio(wall, "gated", "gated_no_skip"),
             "keras_batch_norm_ratio": common.paired_ratio(wall, "gated_keras_bn", "plain_keras_bn"),
             "seconds_per_step": {k: v / args.steps for k, v in common.medians(wall).items()}}
 
 
 def main(argv=None):
-    parser = common.step_benchmark_parser(__doc__, repeats=150, minutes=8.0)
+    parser = common.step_benchmark_parser(__doc__, repeats=150, minutes=10.0)
     args = parser.parse_args(argv)
     watch = common.MachineWatch()
 
     with contextlib.ExitStack() as stack:
-        steps = {name: stack.enter_context(common.cifar_training_step(args.n, args.batch, gated, side, batch_norm))
-                 for name, gated, side, batch_norm in VARIANTS}
+        steps = {name: stack.enter_context(common.cifar_training_step(args.n, args.batch, *settings))
+                 for name, *settings in VARIANTS}
         result = measure(steps, args)
         result["gated_op_time_shares"] = shares = gate_profile(steps["gated"], 2)
     print(f"ResNet-{6 * args.n + 2} training step, batch {args.batch}: median seconds per step "
@@ -81,6 +84,7 @@ def main(argv=None):
     print(describe("  CPU-time ratio", result["cpu_time_ratio"]))
     print(describe("  gates alone", result["gates_only_ratio"]))
     print(describe("  side head", result["side_head_ratio"]))
+    print(describe("  the skipped backward, all gates open: gated/gated_no_skip", result["skip_ratio"]))
     print(describe("  with Keras' batch norm, gated/plain", result["keras_batch_norm_ratio"]))
     print("gated step's op time: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
     common.finish(NAME, parser, args, result, watch)

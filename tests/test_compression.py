@@ -2,7 +2,6 @@
 structure, the compressed network computes the gated network's inference logits at every batch
 size, and the .cfg and checkpoint are written beside the run without touching it."""
 import dataclasses
-import json
 import os
 
 import keras
