@@ -7,7 +7,6 @@ import os
 from epsilon_resnet import compressed_cfg, run_folder
 from epsilon_resnet.structures import cifar_structure
 from reproduction import shown
-from reproduction.scheduler import read_metrics
 from reproduction.selection import SELECTION_RULE, TOLERANCE, choose_epsilon, stats
 
 SCHEMA = 1
@@ -58,7 +57,7 @@ def compression_record(run, entry, last, workdir):
 
 def run_record(run, ledger, invocation, workdir):
     """Everything the results say about one run, from its metrics.jsonl, .cfg, evaluation and the ledger."""
-    records = read_metrics(run.run_dir)
+    records = run.records()
     last, entry = records[-1], ledger.entry(run.name)
     gates = {block: [r.get(run_folder.block_metric(block, run_folder.IS_DISCARDED)) for r in records]
              for block in run_folder.block_metrics(last, run_folder.IS_DISCARDED)}

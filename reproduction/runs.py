@@ -42,6 +42,12 @@ class Run:
         """Selection runs of the plain network are not compressed: nothing there asks for their cost."""
         return self.kind == "eps" or self.phase == "final"
 
+    def records(self):
+        """The run's per-epoch metrics records, [] before its first epoch ends."""
+        if not os.path.isfile(os.path.join(self.run_dir, run_folder.METRICS_FILE)):
+            return []
+        return run_folder.read_metrics(self.run_dir)
+
     def cfg_path(self, step):
         return os.path.join(self.run_dir, run_folder.compressed_name(step) + ".cfg")
 

@@ -21,15 +21,9 @@ SCRIPTS = {stage: os.path.join(REPO, "scripts", name) for stage, name in (
 SINGLE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
-def read_metrics(run_dir):
-    """The run's per-epoch records, [] before its first epoch ends."""
-    has_metrics = os.path.isfile(os.path.join(run_dir, run_folder.METRICS_FILE))
-    return run_folder.read_metrics(run_dir) if has_metrics else []
-
-
 def next_stage(run, workdir, data_dir):
     """(stage, command) of the run's next step, or None when it is complete."""
-    records = read_metrics(run.run_dir)
+    records = run.records()
     if not records or records[-1]["epoch"] < run.max_epoch:
         return "train", [SCRIPTS["train"], "--config", run.config_path, "-o", run.name, "--data", data_dir]
     if not run.compressed:
@@ -95,7 +89,7 @@ class Scheduler:
     def _start(self, run, stage, command):
         log = os.path.join(self.workdir, "logs", f"{run.name}.{stage}.out")
         os.makedirs(os.path.dirname(log), exist_ok=True)
-        records = read_metrics(run.run_dir)
+        records = run.records()
         self.ledger.entry(run.name)["config_sha256"] = run.sha256
         self.ledger.save()
         print(f"{run.name}: {stage} (log {shown(log)})", flush=True)
@@ -113,7 +107,7 @@ class Scheduler:
         cpu = usage.ru_utime + usage.ru_stime
         entry = self.ledger.entry(run.name)
         if stage == "train":
-            records = read_metrics(run.run_dir)
+            records = run.records()
             entry["sessions"].append({
                 "invocation": self.invocation["date"], "started": started.date, "ended": now(),
                 "from_epoch": started.from_epoch, "to_epoch": records[-1]["epoch"] if records else 0,
