@@ -7,9 +7,9 @@ cross-replica reduction and the side loss. A third variant, gated without the si
 splits the overhead into gates and side head; gated without the skipped backward of closed
 blocks (train.skip_closed_backward: false) says what the skip costs a network whose gates are
 all open; the same plain and gated pair with Keras' own batch norm (`model.batch_norm: keras`)
-gives the ratio against the slower step the target was first measured on. Each round times one step of every variant back to back (order
-reversed every round); the ratio is the geometric mean of the per-round ratios with a
-t-interval. One profiled step of the gated network says which ops the gates spend their
+gives the ratio against the slower step the target was first measured on. Each round times
+one step of every variant back to back (order reversed every round); the ratio is the
+geometric mean of the per-round ratios with a t-interval. One profiled step of the gated network says which ops the gates spend their
 time in.
 
     python -m benchmarks.gate_overhead [--n 18] [--batch 128] [--steps 1] [--repeats 150] [--minutes 10]

@@ -54,8 +54,9 @@ def restore_model(model, path, exact):
             status.expect_partial()
             status.assert_existing_objects_matched()
     except (IndexError, tf.errors.DataLossError) as err:  # a cut .data file, a checksum that does not match
-        raise CheckpointError(f"the checkpoint files of {path} are damaged ({brief(err)}): expected {path}.index and its "
-                    f".data-* files complete, as they were written; use another step's checkpoint") from None
+        raise CheckpointError(f"the checkpoint files of {path} are damaged ({brief(err)}): expected {path}.index "
+                              f"and its .data-* files complete, as they were written; use another step's "
+                              f"checkpoint") from None
     except (AssertionError, ValueError, tf.errors.OpError) as err:
         raise WeightsDoNotFit(f"the weights in {path} do not fit the network {model.name!r}: {brief(err)}") from None
 

@@ -39,7 +39,8 @@ LOG_FILE = "log.log"
 METRICS_FILE = "metrics.jsonl"
 EVALUATION_FILE = "evaluation.json"
 LOCK_FILE = ".lock"
-# What write_new_file and checkpoints.write_checkpoint write before renaming: folder/name.tmp-<pid>, folder/.name.tmp-XXXX/.
+# What write_new_file and checkpoints.write_checkpoint write before renaming:
+# folder/name.tmp-<pid>, folder/.name.tmp-XXXX/.
 TEMPORARY = re.compile(r"(.+\.tmp-\d+|\..+\.tmp-.+)")
 RECORD_START = '{"epoch"'  # how every metrics record begins (`append_metrics`)
 

@@ -85,7 +85,8 @@ def selection_table(selection):
 def final_table(final):
     plain, eps = final["plain"], final["eps"]
     minutes = "{:.1f}".format
-    return table(("model", "depth", "seeds", "test error", "blocks discarded", "params", "MACs", "CPU-minutes per run"), [
+    header = ("model", "depth", "seeds", "test error", "blocks discarded", "params", "MACs", "CPU-minutes per run")
+    return table(header, [
         ("plain pre-activation ResNet", plain["depth"], listing(plain["seeds"]),
          mean_sd(plain["test_error"], pct, points), "–", count(plain["params"]["full"]),
          millions(plain["macs"]["full"]), mean_sd(plain["cpu_minutes"], minutes)),
@@ -163,7 +164,8 @@ def render_markdown(results):
         "selection_rule": results["selection_rule"], "final_seeds": listing(protocol["final"]["seeds"]),
         "test_images": f" on the {total:,} test images" if total else "", "notes": protocol["notes"].strip(),
         "selection_table": selection_table(results["selection"]),
-        "chosen_epsilon": f"{results['selection']['chosen_epsilon']:g}", "chosen_reason": results["selection"]["reason"],
+        "chosen_epsilon": f"{results['selection']['chosen_epsilon']:g}",
+        "chosen_reason": results["selection"]["reason"],
         "final_epsilon": f"{final['eps']['epsilon']:g}", "final_table": final_table(final),
         "targets": "\n".join(f"- {t['target']}: **{'met' if t['met'] else 'missed'}** ({t['measured']})"
                              for t in results["targets"]),
