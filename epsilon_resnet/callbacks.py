@@ -23,7 +23,7 @@ def gate_summary(model):
     gates = gate.gates_of(model)
     logs = {run_folder.block_metric(g.block, stat): float(getattr(g, stat).numpy())
             for g in gates for stat in run_folder.GATE_METRICS}
-    count = sum(float(g.is_discarded.numpy()) for g in gates)
+    count = sum(logs[run_folder.block_metric(g.block, run_folder.IS_DISCARDED)] for g in gates)
     return {"discarded_cnt": count, "discarded_ratio": count / len(gates) if gates else 0.0, **logs}
 
 

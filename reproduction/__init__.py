@@ -24,6 +24,11 @@ RESULTS_DIR = os.path.join(REPO, "reproduction", "results")  # the committed res
 RESULTS_NAME = "cifar10_reproduction"
 
 
+def read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
 def shown(path):
     """A path as the results show it: relative to the repository when inside it."""
     path = os.path.abspath(path)

@@ -7,8 +7,8 @@ import sys
 
 from benchmarks.provenance import git_state, machine, now, write_atomic
 from epsilon_resnet.errors import Interrupted, RunError, UserError
-from reproduction import REPO, RESULTS_DIR, RESULTS_NAME, shown
-from reproduction.ledger import Ledger, read_text
+from reproduction import REPO, RESULTS_DIR, RESULTS_NAME, read_text, shown
+from reproduction.ledger import Ledger
 from reproduction.protocol import PROTOCOL, QUICK_PROTOCOL, load_protocol
 from reproduction.report import README_BEGIN, README_END, render_file, splice_readme
 from reproduction.results import build_results, run_record, selection_summary, sha256_file

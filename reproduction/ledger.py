@@ -5,11 +5,7 @@ import os
 
 from benchmarks.provenance import write_atomic
 from epsilon_resnet.errors import RunError
-
-
-def read_text(path):
-    with open(path) as f:
-        return f.read()
+from reproduction import read_text
 
 
 class Ledger:

@@ -5,7 +5,7 @@ import os
 
 from benchmarks.provenance import write_atomic
 from epsilon_resnet.errors import RunError
-from reproduction.ledger import read_text
+from reproduction import read_text
 from reproduction.results import SCHEMA, in_points
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.md")
