@@ -34,6 +34,8 @@ class Targets:
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
+    version: int      # raised whenever what a run does or what its numbers mean changes
+    changes: str      # what this version changed, and why
     plain: str        # the plain network's training config, relative to the repository
     eps: str          # the ε-ResNet's
     overrides: dict   # dotted config keys set in every run

@@ -44,12 +44,13 @@ def compression_record(run, entry, last, workdir):
         "removed": len(spec.discarded_blocks),
         "params": {"full": cost["full"]["params"], "compressed": cost["compressed"]["params"]},
         "macs": {"full": cost["full"]["macs"], "compressed": cost["compressed"]["macs"]},
-        "check": {key: check.get(key) for key in ("max_abs_logit_difference", "gated_error", "compressed_error",
-                                                  "images")},
+        "check": {key: check[key] for key in ("images", "max_abs_logit_difference", "logit_tolerance",
+                                              "logits_equal", "gated_error", "compressed_error", "per_batch_error",
+                                              "batch_size")},
         "flickering": [{"block": f["block"], "closed_rate": f["closed_rate"]} for f in spec.flickering_blocks],
         "compressed_error": compressed_error,
-        # Lossless: as many wrong images as the gated network at the same step, on the same images.
-        "lossless": round(compressed_error * check["images"]) == round(last["val_error"] * check["images"]),
+        # Lossless: compressModel.py found the logits equal to the inference-mode gated network's on every image.
+        "lossless": check["logits_equal"],
         "warnings": list(spec.warnings),
         "cpu_minutes": {stage: stages[stage]["cpu_seconds"] / 60 for stage in ("compress", "evaluate")},
     }
@@ -72,7 +73,8 @@ def run_record(run, ledger, invocation, workdir):
                    "content": run.config},
         "run_dir": shown(run.run_dir), "training": training_record(entry, invocation),
         "epochs": last["epoch"], "global_step": last["global_step"], "blocks": blocks,
-        "error": last["val_error"],  # held-out error for a selection run, test error for a final run
+        "error": last["val_error"],  # inference mode; held-out error for a selection run, test error for a final run
+        "error_per_batch": last["val_error_per_batch"],  # the original's per-batch gates, at the eval batch size
         "closed_at_end": last.get("discarded_cnt"),
         "curves": {key: [r.get(key) for r in records] for key in CURVES},
         "gates": gates, "responses": responses, "compression": compression,

@@ -2,13 +2,14 @@
 import statistics
 
 SELECTION_RULE = (
-    "An ε is eligible when, averaged over its selection seeds, its held-out error is at most the plain "
-    "network's held-out error + max_error_increase, the blocks its compression removes are at least "
-    "min_discarded_fraction of the gated blocks, and in every one of its runs the compressed network's "
-    "held-out error equals the gated network's. The eligible ε with the lowest mean held-out error is "
-    "chosen (a tie goes to the larger ε). If none is eligible: among the ε within the error bound, the one "
-    "removing the most blocks on average (a tie goes to the lower error); if no ε is within the error "
-    "bound, the one with the lowest mean held-out error (a tie goes to the larger ε).")
+    "An ε is eligible when, averaged over its selection seeds, its held-out error (inference mode: the "
+    "gates' stored decisions) is at most the plain network's held-out error + max_error_increase, the blocks "
+    "its compression removes are at least min_discarded_fraction of the gated blocks, and in every one of its "
+    "runs the compressed network's logits equal the gated network's on every held-out image (compressModel.py's "
+    "check). The eligible ε with the lowest mean held-out error is chosen (a tie goes to the larger ε). If none "
+    "is eligible: among the ε within the error bound, the one removing the most blocks on average (a tie goes "
+    "to the lower error); if no ε is within the error bound, the one with the lowest mean held-out error (a tie "
+    "goes to the larger ε). The per-batch error is reported, never read.")
 TOLERANCE = 1e-9  # errors are fractions of a number of images: compare them with a hair of slack
 
 
