@@ -22,6 +22,7 @@ import os
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "reproduction", "results")  # the committed results
 RESULTS_NAME = "cifar10_reproduction"
+NETWORKS = "networks"  # the kept networks' folder, in the results folder (reproduction/kept.py)
 
 
 def read_text(path):

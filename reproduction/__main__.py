@@ -7,7 +7,7 @@ import sys
 
 from benchmarks.provenance import git_state, machine, now, write_atomic
 from epsilon_resnet.errors import Interrupted, RunError, UserError
-from reproduction import REPO, RESULTS_DIR, RESULTS_NAME, read_text, shown
+from reproduction import NETWORKS, REPO, RESULTS_DIR, RESULTS_NAME, read_text, shown
 from reproduction.ledger import Ledger
 from reproduction.protocol import PROTOCOL, QUICK_PROTOCOL, load_protocol
 from reproduction.report import README_BEGIN, README_END, render_file, splice_readme
@@ -25,30 +25,29 @@ def data_record(data_dir, how, protocol):
             "files_sha256": {name: sha256_file(os.path.join(folder, name)) for name in names}}
 
 
-def run_protocol(protocol, workdir, data_dir, jobs, invocation):
-    """Train, compress and evaluate every run of the protocol; returns the ledger and the runs in results order."""
-    ledger = Ledger(workdir)
-    scheduler = Scheduler(ledger, workdir, data_dir, jobs, invocation)
-    selection, chosen = selection_runs(protocol, workdir), []
+def run_protocol(protocol, workdir, networks, data_dir, jobs, invocation):
+    """Train, compress, evaluate and keep every run of the protocol; returns the runs in results order."""
+    scheduler = Scheduler(Ledger(workdir), workdir, data_dir, jobs, invocation)
+    selection, chosen = selection_runs(protocol, workdir, networks), []
 
     def add_final_eps(done):
         """Once every selection run is complete: choose ε (held-out numbers only), add its final runs."""
         if chosen or not all(run.name in done for run in selection):
             return []
-        records = [run_record(run, ledger, invocation["date"], workdir) for run in selection]
+        records = [run_record(run, invocation["date"]) for run in selection]
         epsilon = selection_summary(records, protocol)["chosen_epsilon"]
         print(f"selection complete: ε = {epsilon:g}", flush=True)
-        chosen.extend(final_runs(protocol, workdir, "eps", epsilon))
+        chosen.extend(final_runs(protocol, workdir, networks, "eps", epsilon))
         return chosen
 
-    plain = final_runs(protocol, workdir, "plain")
+    plain = final_runs(protocol, workdir, networks, "plain")
     failed = scheduler.run(selection + plain, add_final_eps)
     if scheduler.stopping:
         raise Interrupted("interrupted: the runs saved a checkpoint; run the same command again to go on")
     if failed:
         raise RunError("these runs failed (the others are kept; run the same command again to go on):\n"
                        + "\n".join(f"  {name}: {why}" for name, why in failed.items()))
-    return ledger, selection + plain + chosen
+    return selection + plain + chosen
 
 
 def plot_figures(json_path, figures_dir, results_dir):
@@ -121,10 +120,10 @@ def reproduce(args, command):
     data_dir = os.path.abspath(args.data or SAMPLE_DATA)
     how = "given with --data" if args.data else "the --quick default"
     invocation = {"date": now(), "git": git_state(), "machine": machine()}
-    ledger, runs = run_protocol(protocol, workdir, data_dir, args.jobs, invocation)
-    context = {"command": command, "protocol_path": protocol_path, "invocation": invocation, "workdir": workdir,
+    runs = run_protocol(protocol, workdir, os.path.join(results_dir, NETWORKS), data_dir, args.jobs, invocation)
+    context = {"command": command, "protocol_path": protocol_path, "invocation": invocation,
                "data": data_record(data_dir, how, protocol)}
-    return write_results(build_results(runs, ledger, protocol, context), results_dir, figures_dir)
+    return write_results(build_results(runs, protocol, context), results_dir, figures_dir)
 
 
 def main(argv=None):

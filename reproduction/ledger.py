@@ -5,7 +5,7 @@ import os
 
 from benchmarks.provenance import write_atomic
 from epsilon_resnet.errors import RunError
-from reproduction import read_text
+from reproduction import kept, read_text
 
 
 class Ledger:
@@ -21,8 +21,11 @@ class Ledger:
 
 
 def claim(run, ledger):
-    """Write the run's config file, unless its folder was trained from another config than the one
-    the protocol makes now: that is refused, and the config file it was trained from is left alone."""
+    """Write the run's config file, unless its folder or its kept network was trained from another
+    config than the one the protocol makes now: that is refused, and what it was trained from is left alone."""
+    if os.path.isfile(os.path.join(run.kept_dir, kept.RUN_FILE)) and not kept.is_done(run.kept_dir, run.sha256):
+        raise RunError(f"the kept network {run.kept_dir} was trained from another config than the one the protocol "
+                       f"now makes for it (SHA-256 {run.sha256[:12]}…): remove it or use another --results")
     recorded = ledger.entries.get(run.name, {}).get("config_sha256")
     if os.path.isdir(run.run_dir) and recorded != run.sha256:
         why = "no record of it in ledger.json" if recorded is None else f"its config had SHA-256 {recorded[:12]}…"

@@ -1,15 +1,16 @@
-"""The results document: every run's record, read back through the project's own readers
-(metrics.jsonl, the .cfg, evaluation.json), the selection, the final summaries, the targets."""
+"""The results document: every run's record, read back from its kept network (reproduction/kept.py)
+through the project's own readers (metrics.jsonl, the .cfg), the selection, the final summaries,
+the targets."""
 import dataclasses
 import hashlib
 import os
 
 from epsilon_resnet import compressed_cfg, run_folder
 from epsilon_resnet.structures import cifar_structure
-from reproduction import shown
+from reproduction import kept, shown
 from reproduction.selection import SELECTION_RULE, TOLERANCE, choose_epsilon, stats
 
-SCHEMA = 1
+SCHEMA = 2
 CURVES = ("epoch", "global_step", "val_error", "train_error", "discarded_cnt", "learning_rate", "epsilon")
 RESPONSE = "response_abs_max"  # moving average of max|F| over the batch: what ε is compared with
 
@@ -32,15 +33,14 @@ def training_record(entry, invocation):
             "sessions": sessions}
 
 
-def compression_record(run, entry, last, workdir):
+def compression_record(run, entry, last, evaluation):
     """What compressModel.py wrote at the last step and what the compressed network scored."""
     step = last["global_step"]
-    spec = compressed_cfg.read(run.cfg_path(step))
-    evaluation = run_folder.read_evaluation(os.path.join(workdir, run_folder.run_dir_of(run.evaluation_output(step))))
+    cfg = os.path.join(run.kept_dir, run_folder.compressed_name(step) + ".cfg")
+    spec = compressed_cfg.read(cfg)
     check, cost, stages = spec.check, spec.cost, entry["stages"]
-    compressed_error = evaluation["val_error"]
     return {
-        "step": step, "cfg": shown(run.cfg_path(step)), "discarded_blocks": list(spec.discarded_blocks),
+        "step": step, "cfg": shown(cfg), "discarded_blocks": list(spec.discarded_blocks),
         "removed": len(spec.discarded_blocks),
         "params": {"full": cost["full"]["params"], "compressed": cost["compressed"]["params"]},
         "macs": {"full": cost["full"]["macs"], "compressed": cost["compressed"]["macs"]},
@@ -48,37 +48,39 @@ def compression_record(run, entry, last, workdir):
                                               "logits_equal", "gated_error", "compressed_error", "per_batch_error",
                                               "batch_size")},
         "flickering": [{"block": f["block"], "closed_rate": f["closed_rate"]} for f in spec.flickering_blocks],
-        "compressed_error": compressed_error,
+        "compressed_error": evaluation["val_error"],  # cifarCompressedResnet.py's score of the compressed network
         # Lossless: compressModel.py found the logits equal to the inference-mode gated network's on every image.
         "lossless": check["logits_equal"],
         "warnings": list(spec.warnings),
-        "cpu_minutes": {stage: stages[stage]["cpu_seconds"] / 60 for stage in ("compress", "evaluate")},
+        "cpu_minutes": {stage: stages[stage]["cpu_seconds"] / 60 for stage in ("compress", "evaluate", "keep")},
     }
 
 
-def run_record(run, ledger, invocation, workdir):
-    """Everything the results say about one run, from its metrics.jsonl, .cfg, evaluation and the ledger."""
-    records = run.records()
-    last, entry = records[-1], ledger.entry(run.name)
+def run_record(run, invocation):
+    """Everything the results say about one run, from its kept network: metrics.jsonl, .cfg, scores, run.json."""
+    records = run_folder.read_metrics(run.kept_dir)
+    last, done = records[-1], kept.read_json(run.kept_dir, kept.RUN_FILE)
+    entry = done["ledger"]
     gates = {block: [r.get(run_folder.block_metric(block, run_folder.IS_DISCARDED)) for r in records]
              for block in run_folder.block_metrics(last, run_folder.IS_DISCARDED)}
     responses = {block: [r.get(run_folder.block_metric(block, RESPONSE)) for r in records]
                  for block in run_folder.block_metrics(last, RESPONSE)}
-    compression = compression_record(run, entry, last, workdir) if run.compressed else None
+    compression = compression_record(run, entry, last, done["compressed_evaluation"])
     blocks = cifar_structure(run.config["model"]["n"]).gated_blocks
     return {
         "name": run.name, "phase": run.phase, "kind": run.kind, "split": run.split, "holdout": run.holdout,
         "seed": run.seed, "epsilon": run.epsilon,
         "config": {"path": shown(run.config_path), "sha256": run.sha256, "made_from": shown(run.base),
                    "content": run.config},
-        "run_dir": shown(run.run_dir), "training": training_record(entry, invocation),
+        "run_dir": shown(run.run_dir), "kept": shown(run.kept_dir), "training": training_record(entry, invocation),
         "epochs": last["epoch"], "global_step": last["global_step"], "blocks": blocks,
         "error": last["val_error"],  # inference mode; held-out error for a selection run, test error for a final run
         "error_per_batch": last["val_error_per_batch"],  # the original's per-batch gates, at the eval batch size
+        "scores": kept.read_json(run.kept_dir, kept.SCORES_FILE),
         "closed_at_end": last.get("discarded_cnt"),
         "curves": {key: [r.get(key) for r in records] for key in CURVES},
         "gates": gates, "responses": responses, "compression": compression,
-        "compressed_depth": None if compression is None else 2 * (blocks - compression["removed"]) + 2,
+        "compressed_depth": 2 * (blocks - compression["removed"]) + 2,
     }
 
 
@@ -148,9 +150,9 @@ def check_targets(records, final, protocol):
     ]
 
 
-def build_results(runs, ledger, protocol, context):
+def build_results(runs, protocol, context):
     """The results document: every run, the selection, the final summaries, the targets."""
-    records = [run_record(run, ledger, context["invocation"]["date"], context["workdir"]) for run in runs]
+    records = [run_record(run, context["invocation"]["date"]) for run in runs]
     final = {kind: final_summary(records, kind) for kind in ("plain", "eps")}
     return {
         "schema": SCHEMA, "command": context["command"],

@@ -7,7 +7,7 @@ import yaml
 
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import run_folder
-from reproduction import REPO, shown
+from reproduction import REPO, kept, shown
 
 
 @dataclasses.dataclass
@@ -23,7 +23,8 @@ class Run:
     config_path: str    # its own config, written by ledger.claim before it is trained
     config: dict
     text: str           # the config file's text
-    run_dir: str
+    run_dir: str        # scratch: its run folder in the work folder
+    kept_dir: str       # what the results keep of it (reproduction/kept.py)
 
     @property
     def sha256(self):
@@ -36,11 +37,6 @@ class Run:
     @property
     def max_epoch(self):
         return self.config["train"]["max_epoch"]
-
-    @property
-    def compressed(self):
-        """Selection runs of the plain network are not compressed: nothing there asks for their cost."""
-        return self.kind == "eps" or self.phase == "final"
 
     def records(self):
         """The run's per-epoch metrics records, [] before its first epoch ends."""
@@ -80,8 +76,8 @@ def run_config(base, seed, epsilon, holdout, overrides):
     return raw
 
 
-def make_run(protocol, workdir, phase, kind, seed, epsilon=None):
-    """The run's config (for <workdir>/configs/<name>.yaml) and where its files go."""
+def make_run(protocol, workdir, networks, phase, kind, seed, epsilon=None):
+    """The run's config (for <workdir>/configs/<name>.yaml) and where its files go (networks: the kept networks' folder)."""
     holdout = protocol.selection.holdout if phase == "select" else 0
     name = f"{phase}-{'plain' if kind == 'plain' else f'eps{epsilon:g}'}-s{seed}"
     base = os.path.join(REPO, getattr(protocol, kind))
@@ -90,14 +86,15 @@ def make_run(protocol, workdir, phase, kind, seed, epsilon=None):
             f"trained with cifarEpsilonResnet.py --config <this file>\n" + yaml.safe_dump(content, sort_keys=False))
     return Run(name, phase, kind, seed, content["model"].get("epsilon", 0.0), holdout, base,
                os.path.join(workdir, "configs", f"{name}.yaml"), content, text,
-               os.path.join(workdir, run_folder.run_dir_of(name)))
+               os.path.join(workdir, run_folder.run_dir_of(name)), kept.kept_dir(networks, name))
 
 
-def selection_runs(protocol, workdir):
+def selection_runs(protocol, workdir, networks):
     seeds = protocol.selection.seeds
-    return [make_run(protocol, workdir, "select", "plain", s) for s in seeds] + [
-        make_run(protocol, workdir, "select", "eps", s, e) for e in protocol.selection.epsilons for s in seeds]
+    return [make_run(protocol, workdir, networks, "select", "plain", s) for s in seeds] + [
+        make_run(protocol, workdir, networks, "select", "eps", s, e)
+        for e in protocol.selection.epsilons for s in seeds]
 
 
-def final_runs(protocol, workdir, kind, epsilon=None):
-    return [make_run(protocol, workdir, "final", kind, s, epsilon) for s in protocol.final.seeds]
+def final_runs(protocol, workdir, networks, kind, epsilon=None):
+    return [make_run(protocol, workdir, networks, "final", kind, s, epsilon) for s in protocol.final.seeds]

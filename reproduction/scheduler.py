@@ -3,7 +3,9 @@
 
 A run's next stage follows from its files: training until metrics.jsonl reaches the last epoch
 (re-running a training command resumes it), then compressModel.py at the last step, then
-cifarCompressedResnet.py -o, whose evaluation.json closes the run.
+cifarCompressedResnet.py -o (evaluation.json), then reproduction/score.py keep, which makes the
+kept network; its run.json, written here with the run's ledger entry, closes the run. A run
+whose kept network is done is done without its run folder.
 """
 import dataclasses
 import os
@@ -12,22 +14,23 @@ import sys
 
 from benchmarks.provenance import now
 from epsilon_resnet import run_folder
-from reproduction import REPO, shown
+from reproduction import REPO, kept, shown
 from reproduction.ledger import claim
 
 SCRIPTS = {stage: os.path.join(REPO, "scripts", name) for stage, name in (
     ("train", "cifarEpsilonResnet.py"), ("compress", "compressModel.py"), ("evaluate", "cifarCompressedResnet.py"),
     ("plot", "plot_runs.py"))}
 SINGLE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+KEEP = ["-m", "reproduction.score", "keep"]  # run with the repository on PYTHONPATH
 
 
 def next_stage(run, workdir, data_dir):
     """(stage, command) of the run's next step, or None when it is complete."""
+    if kept.is_done(run.kept_dir, run.sha256):
+        return None
     records = run.records()
     if not records or records[-1]["epoch"] < run.max_epoch:
         return "train", [SCRIPTS["train"], "--config", run.config_path, "-o", run.name, "--data", data_dir]
-    if not run.compressed:
-        return None
     step = records[-1]["global_step"]
     if not os.path.isfile(run.cfg_path(step)):
         return "compress", [SCRIPTS["compress"], "--dir", run.run_dir, "--step", str(step), "--data", data_dir]
@@ -35,7 +38,13 @@ def next_stage(run, workdir, data_dir):
     if not os.path.isfile(os.path.join(workdir, run_folder.run_dir_of(output), run_folder.EVALUATION_FILE)):
         return "evaluate", [SCRIPTS["evaluate"], "--cfg", run.cfg_path(step), "--cifar10", "--data", data_dir,
                             "-o", output]
-    return None
+    return "keep", [*KEEP, "--run-dir", run.run_dir, "--step", str(step), "--out", run.kept_dir, "--data", data_dir]
+
+
+def compressed_evaluation(run, workdir):
+    """The evaluation.json of the run's compressed network at its last step."""
+    output = run.evaluation_output(run.records()[-1]["global_step"])
+    return run_folder.read_evaluation(os.path.join(workdir, run_folder.run_dir_of(output)))
 
 
 @dataclasses.dataclass
@@ -94,8 +103,10 @@ class Scheduler:
         self.ledger.save()
         print(f"{run.name}: {stage} (log {shown(log)})", flush=True)
         with open(log, "a" if stage == "train" else "w") as out:
+            path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
             process = subprocess.Popen([sys.executable, *command], cwd=self.workdir, stdout=out,
-                                       stderr=subprocess.STDOUT, env={**os.environ, **SINGLE_THREAD})
+                                       stderr=subprocess.STDOUT,
+                                       env={**os.environ, **SINGLE_THREAD, "PYTHONPATH": path})
         self.running[process.pid] = Started(run, stage, process, log, records[-1]["epoch"] if records else 0, now())
 
     def _reap(self, pid, status, usage):
@@ -113,10 +124,12 @@ class Scheduler:
                 "from_epoch": started.from_epoch, "to_epoch": records[-1]["epoch"] if records else 0,
                 "cpu_seconds": cpu, "exit_code": code, "commit": self.invocation["git"]["commit"],
                 "dirty": self.invocation["git"]["dirty"], "machine": self.invocation["machine"]})
-        else:  # compression and evaluation: CPU time summed over attempts
+        else:  # compression, evaluation and keeping: CPU time summed over attempts
             booked = entry["stages"].setdefault(stage, {"cpu_seconds": 0.0})
             booked["cpu_seconds"] += cpu
         self.ledger.save()
+        if stage == "keep" and not code:
+            kept.write_run_file(run.kept_dir, run.sha256, entry, compressed_evaluation(run, self.workdir))
         self.last[run.name] = stage
         if code:
             self.failed[run.name] = f"{stage} failed ({code}); see {shown(started.log)}"
