@@ -7,7 +7,8 @@
 
 Writes val_error.png and learning_rate.png (every configuration overlaid), discarded_cnt.png
 (the gated ones) and a heat map of each block's is_discarded moving average (blocks × epochs)
-per gated configuration, one panel per run. Runs given the same label are seeds of one
+per gated configuration, one panel per run; with --results also batch_size.png (test error against
+the evaluation batch size, both gate semantics). Runs given the same label are seeds of one
 configuration: their mean is drawn with a band of ± one sample standard deviation. With
 --results, the configurations are the final plain and ε-ResNet runs of
 the reproduction (python -m reproduction), read from the results file alone. Only metrics.jsonl (or the
@@ -200,6 +201,28 @@ def records_of(run):
             for i in range(len(curves["epoch"]))]
 
 
+def batch_size_plot(results, path):
+    """Test error against the evaluation batch size, in both semantics, for the final plain and ε-ResNet runs:
+    mean over the seeds, error bars ± one sample standard deviation."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for kind, title in (("plain", "plain ResNet"), ("eps", "ε-ResNet")):
+        runs = [r for r in results["runs"] if r["phase"] == "final" and r["kind"] == kind]
+        sizes = sorted(runs[0]["scores"]["batch_sizes"], key=int)
+        for key, semantics, style in (("val_error", "inference mode", "-o"),
+                                      ("val_error_per_batch", "per batch (the original)", "--s")):
+            values = np.array([[r["scores"]["batch_sizes"][s][key] * 100 for s in sizes] for r in runs])
+            sd = values.std(axis=0, ddof=1) if len(runs) > 1 else None
+            ax.errorbar([int(s) for s in sizes], values.mean(axis=0), yerr=sd, fmt=style, capsize=3,
+                        label=f"{title}, {semantics}")
+    ax.set_xscale("log")
+    ax.set_xlabel("evaluation batch size")
+    ax.set_ylabel("test error (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
 def plot_results(path, out):
     """The figures of a reproduction results file's final runs, with seed bands; the PNG paths."""
     try:
@@ -208,7 +231,8 @@ def plot_results(path, out):
         groups = results_groups(results, path)
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise PlotError(f"{path}: not a readable results file of the reproduction ({err!r})") from None
-    return plot_groups(groups, out, error_label="test error (%)")
+    return (plot_groups(groups, out, error_label="test error (%)")
+            + [batch_size_plot(results, os.path.join(out, "batch_size.png"))])
 
 
 def main(argv=None):

@@ -119,7 +119,10 @@ def fake_results(path, kinds=("plain", "eps")):
                          "curves": {"epoch": [1, 2], "val_error": [0.6, 0.4 + seed / 1000],
                                     "learning_rate": [0.1, 0.01], "discarded_cnt": [0.0, float(kind == "eps")],
                                     "epsilon": [epsilon, epsilon]},
-                         "gates": {f"res{s}.0": [0.0, float(kind == "eps" and s == 2)] for s in (1, 2, 3)}})
+                         "gates": {f"res{s}.0": [0.0, float(kind == "eps" and s == 2)] for s in (1, 2, 3)},
+                         "scores": {"batch_sizes": {size: {"val_error": 0.4 + seed / 1000,
+                                                           "val_error_per_batch": 0.4 + seed / 1000 + extra}
+                                                    for size, extra in (("1", 0.1), ("10", 0.02), ("128", 0.0))}}})
     with open(path, "w") as f:
         json.dump({"schema": 1, "runs": runs}, f)
     return str(path)
@@ -128,7 +131,12 @@ def fake_results(path, kinds=("plain", "eps")):
 def test_results_file_gives_the_final_runs_figures(plot_runs, captured, tmp_path):
     results = fake_results(tmp_path / "cifar10_reproduction.json")
     plot_runs.main(["--results", results, "--out", str(tmp_path / "figures")])
-    assert sorted(captured) == ["discarded_cnt.png", "gates_eps.png", "learning_rate.png", "val_error.png"]
+    assert sorted(captured) == ["batch_size.png", "discarded_cnt.png", "gates_eps.png", "learning_rate.png",
+                                "val_error.png"]
+    bars = {bar.get_label(): bar.lines[0] for bar in captured["batch_size.png"].axes[0].containers}
+    per_batch = bars["ε-ResNet, per batch (the original)"]
+    assert list(per_batch.get_xdata()) == [1, 10, 128]
+    assert list(per_batch.get_ydata()) == pytest.approx([51.15, 43.15, 41.15])  # the seeds' mean, in %
     ax = captured["val_error.png"].axes[0]
     assert [line.get_label() for line in ax.get_lines()] == ["plain ResNet-8 (mean ± sd of 2)",
                                                              "ε-ResNet-8, ε = 7.5 (mean ± sd of 2)"]

@@ -225,7 +225,7 @@ def test_a_changed_protocol_does_not_reuse_old_runs(fake_protocol, tmp_path):
     protocol["overrides"]["train.max_epoch"] = 4
     path.write_text(yaml.safe_dump(protocol))
     code, _ = fake_protocol()
-    assert "remove the folder or use another --workdir" in str(code)
+    assert "use another --results" in str(code)  # its kept network belongs to the old config
     assert config.read_text() == trained_from  # the config the run was trained from stays
 
 
