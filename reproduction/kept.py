@@ -11,7 +11,6 @@ presence marks the run done.
 """
 import json
 import os
-import shutil
 
 from benchmarks.provenance import write_atomic
 from epsilon_resnet import run_folder
@@ -40,8 +39,7 @@ def copy_run_files(run_dir, step, folder):
     """The run's config, metrics and .cfg into the kept folder (the weights come from score.py)."""
     os.makedirs(folder, exist_ok=True)
     for name in (run_folder.CONFIG_FILE, run_folder.METRICS_FILE, run_folder.compressed_name(step) + ".cfg"):
-        shutil.copyfile(os.path.join(run_dir, name), os.path.join(folder, name + ".tmp"))
-        os.replace(os.path.join(folder, name + ".tmp"), os.path.join(folder, name))
+        write_atomic(os.path.join(folder, name), read_text(os.path.join(run_dir, name)))
 
 
 def write_run_file(folder, sha256, ledger_entry, evaluation):

@@ -51,6 +51,10 @@ class Run:
         """The -o of the compressed network's evaluation at `step` (its evaluation.json's folder)."""
         return f"{self.name}.compressed-{step}"
 
+    def evaluation_dir(self, step):
+        """The folder of that evaluation's evaluation.json, beside the run folder (-o is relative to the work folder)."""
+        return os.path.join(os.path.dirname(self.run_dir), run_folder.run_dir_of(self.evaluation_output(step)))
+
 
 def sha256_text(text):
     return hashlib.sha256(text.encode()).hexdigest()

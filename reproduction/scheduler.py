@@ -34,17 +34,15 @@ def next_stage(run, workdir, data_dir):
     step = records[-1]["global_step"]
     if not os.path.isfile(run.cfg_path(step)):
         return "compress", [SCRIPTS["compress"], "--dir", run.run_dir, "--step", str(step), "--data", data_dir]
-    output = run.evaluation_output(step)
-    if not os.path.isfile(os.path.join(workdir, run_folder.run_dir_of(output), run_folder.EVALUATION_FILE)):
+    if not os.path.isfile(os.path.join(run.evaluation_dir(step), run_folder.EVALUATION_FILE)):
         return "evaluate", [SCRIPTS["evaluate"], "--cfg", run.cfg_path(step), "--cifar10", "--data", data_dir,
-                            "-o", output]
+                            "-o", run.evaluation_output(step)]
     return "keep", [*KEEP, "--run-dir", run.run_dir, "--step", str(step), "--out", run.kept_dir, "--data", data_dir]
 
 
-def compressed_evaluation(run, workdir):
+def compressed_evaluation(run):
     """The evaluation.json of the run's compressed network at its last step."""
-    output = run.evaluation_output(run.records()[-1]["global_step"])
-    return run_folder.read_evaluation(os.path.join(workdir, run_folder.run_dir_of(output)))
+    return run_folder.read_evaluation(run.evaluation_dir(run.records()[-1]["global_step"]))
 
 
 @dataclasses.dataclass
@@ -129,7 +127,7 @@ class Scheduler:
             booked["cpu_seconds"] += cpu
         self.ledger.save()
         if stage == "keep" and not code:
-            kept.write_run_file(run.kept_dir, run.sha256, entry, compressed_evaluation(run, self.workdir))
+            kept.write_run_file(run.kept_dir, run.sha256, entry, compressed_evaluation(run))
         self.last[run.name] = stage
         if code:
             self.failed[run.name] = f"{stage} failed ({code}); see {shown(started.log)}"

@@ -20,7 +20,7 @@ import tempfile
 
 from epsilon_resnet import checkpoints, compressed_cfg, compression, run_folder, scoring  # first: a quiet TF import
 from epsilon_resnet import config as config_lib
-from epsilon_resnet.errors import UserError
+from epsilon_resnet.errors import RunError, UserError
 
 import tensorflow as tf  # noqa: E402,I001
 
@@ -109,6 +109,9 @@ def check(results_path, data_dir):
     """Re-score every run of a results file from its kept network; returns the number that differ."""
     with open(results_path) as f:
         results = json.load(f)
+    if any("kept" not in run for run in results["runs"]):
+        raise RunError(f"{results_path} names no kept network for its runs (results of protocol version 1): "
+                       f"expected a results file written by python -m reproduction since version 2")
     differing = 0
     for run in results["runs"]:
         lines = differences(run, score(os.path.join(REPO, run["kept"]), data_dir))
