@@ -3,7 +3,9 @@
 Target: gated / plain <= 1.05. Each variant runs in its own subprocess (so peaks never mix),
 alternating, --repeats times each; the verdict uses the median of the paired ratios.
 
-Method. On this build TensorFlow's CPU allocator keeps statistics:
+Method. TensorFlow's CPU allocator keeps statistics when it is a BFC allocator, which oneDNN
+builds choose on some CPUs and not on others, so the measuring subprocess asks for one
+(TF_CPU_ALLOCATOR_USE_BFC=true) on every machine; then
 tf.config.experimental.get_memory_info("CPU:0") gives the current and peak bytes of the
 tensors it holds (weights, optimizer slots, activations kept for the backward pass,
 gradients, temporaries), and reset_memory_stats restarts the peak. After one warm-up step
@@ -33,6 +35,7 @@ from epsilon_resnet.gate import StrictIdentity
 
 NAME, TARGET = "peak_memory", 1.05
 VARIANTS = {"plain": (False, False), "gated": (True, True)}  # (gated, side_output)
+ALLOCATOR_WITH_STATS = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}  # read when TensorFlow starts: set for the subprocess
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -62,7 +65,7 @@ def measure(variant, n, batch, steps):
 def run_variant(variant, args):
     command = [sys.executable, "-m", "benchmarks.peak_memory", "--variant", variant, "--n", str(args.n),
                "--batch", str(args.batch), "--steps", str(args.steps)]
-    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, **ALLOCATOR_WITH_STATS})
     if out.returncode:
         raise SystemExit(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

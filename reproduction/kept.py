@@ -13,7 +13,7 @@ import json
 import os
 
 from benchmarks.provenance import write_atomic
-from epsilon_resnet import run_folder
+from epsilon_resnet import compressed_cfg, run_folder
 from reproduction import read_text
 
 SCORES_FILE = "scores.json"
@@ -46,3 +46,14 @@ def write_run_file(folder, sha256, ledger_entry, evaluation):
     write_atomic(os.path.join(folder, RUN_FILE), json.dumps(
         {"config_sha256": sha256, "ledger": ledger_entry, "compressed_evaluation": evaluation},
         indent=1, ensure_ascii=False) + "\n")
+
+
+def recorded_numbers(folder):
+    """The numbers a kept network's files record, in the shape of a run of the results file: the
+    error at the last step in both semantics, scores.json, the compressed network's error and blocks."""
+    last = run_folder.read_metrics(folder)[-1]
+    spec = compressed_cfg.read(os.path.join(folder, run_folder.compressed_name(last["global_step"]) + ".cfg"))
+    return {"error": last["val_error"], "error_per_batch": last["val_error_per_batch"],
+            "scores": read_json(folder, SCORES_FILE),
+            "compression": {"compressed_error": read_json(folder, RUN_FILE)["compressed_evaluation"]["val_error"],
+                            "discarded_blocks": list(spec.discarded_blocks)}}

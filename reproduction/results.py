@@ -59,7 +59,7 @@ def compression_record(run, entry, last, evaluation):
 def run_record(run, invocation):
     """Everything the results say about one run, from its kept network: metrics.jsonl, .cfg, scores, run.json."""
     records = run_folder.read_metrics(run.kept_dir)
-    last, done = records[-1], kept.read_json(run.kept_dir, kept.RUN_FILE)
+    last, done, recorded = records[-1], kept.read_json(run.kept_dir, kept.RUN_FILE), kept.recorded_numbers(run.kept_dir)
     entry = done["ledger"]
     gates = {block: [r.get(run_folder.block_metric(block, run_folder.IS_DISCARDED)) for r in records]
              for block in run_folder.block_metrics(last, run_folder.IS_DISCARDED)}
@@ -74,9 +74,9 @@ def run_record(run, invocation):
                    "content": run.config},
         "run_dir": shown(run.run_dir), "kept": shown(run.kept_dir), "training": training_record(entry, invocation),
         "epochs": last["epoch"], "global_step": last["global_step"], "blocks": blocks,
-        "error": last["val_error"],  # inference mode; held-out error for a selection run, test error for a final run
-        "error_per_batch": last["val_error_per_batch"],  # the original's per-batch gates, at the eval batch size
-        "scores": kept.read_json(run.kept_dir, kept.SCORES_FILE),
+        # error: inference mode, held-out for a selection run, test for a final run; error_per_batch: the
+        # original's per-batch gates at the eval batch size; scores: at each eval batch size, both semantics
+        **{key: recorded[key] for key in ("error", "error_per_batch", "scores")},
         "closed_at_end": last.get("discarded_cnt"),
         "curves": {key: [r.get(key) for r in records] for key in CURVES},
         "gates": gates, "responses": responses, "compression": compression,
@@ -93,11 +93,13 @@ def selection_summary(records, protocol):
         runs = [r for r in chosen if r["kind"] == "eps" and r["epsilon"] == float(epsilon)]
         candidates.append({"epsilon": float(epsilon), "runs": [r["name"] for r in runs],
                            "error": stats(r["error"] for r in runs),
+                           "error_per_batch": stats(r["error_per_batch"] for r in runs),
                            "removed": stats(r["compression"]["removed"] for r in runs),
                            "lossless": all(r["compression"]["lossless"] for r in runs)})
     plain_error, blocks = stats(r["error"] for r in plain), chosen[0]["blocks"]
     epsilon, reason = choose_epsilon(plain_error["mean"], candidates, blocks, protocol.targets)
-    return {"plain": {"runs": [r["name"] for r in plain], "error": plain_error}, "candidates": candidates,
+    return {"plain": {"runs": [r["name"] for r in plain], "error": plain_error,
+                      "error_per_batch": stats(r["error_per_batch"] for r in plain)}, "candidates": candidates,
             "blocks": blocks, "chosen_epsilon": epsilon, "reason": reason}
 
 
@@ -109,6 +111,10 @@ def final_summary(records, kind):
         "runs": [r["name"] for r in runs], "seeds": [r["seed"] for r in runs], "epsilon": runs[0]["epsilon"],
         "blocks": runs[0]["blocks"], "depth": 2 * runs[0]["blocks"] + 2, "epochs": runs[0]["epochs"],
         "test_error": stats(r["error"] for r in runs),
+        "test_error_per_batch": stats(r["error_per_batch"] for r in runs),
+        "batch_sizes": {size: {key: stats(r["scores"]["batch_sizes"][size][key] for r in runs)
+                               for key in ("val_error", "val_error_per_batch")}
+                        for size in runs[0]["scores"]["batch_sizes"]},
         "cpu_minutes": stats(r["training"]["cpu_minutes"] for r in runs),
         "removed": stats(c["removed"] for c in compression),
         "compressed_depth": stats(r["compressed_depth"] for r in runs),
@@ -118,6 +124,8 @@ def final_summary(records, kind):
                  "compressed": stats(c["macs"]["compressed"] for c in compression)},
         "compressed_error": stats(c["compressed_error"] for c in compression),
         "lossless_runs": sum(c["lossless"] for c in compression),
+        "max_abs_logit_difference": max(c["check"]["max_abs_logit_difference"] for c in compression),
+        "logit_tolerance": compression[0]["check"]["logit_tolerance"],
     }
 
 
@@ -142,9 +150,11 @@ def check_targets(records, final, protocol):
          "met": increase <= targets.max_error_increase + TOLERANCE,
          "measured": f"{eps['test_error']['mean']:.2%} vs {plain['test_error']['mean']:.2%}: "
                      f"{increase * 100:+.2f} points"},
-        {"target": "compressed test error = gated test error in every ε-ResNet run",
+        {"target": "compressed network = inference-mode gated network in every ε-ResNet run (compressModel.py's "
+                   "check: equal logits on every test image)",
          "met": eps["lossless_runs"] == len(eps["runs"]),
-         "measured": f"{eps['lossless_runs']} of {len(eps['runs'])} runs"},
+         "measured": f"{eps['lossless_runs']} of {len(eps['runs'])} runs; max |logit difference| "
+                     f"{eps['max_abs_logit_difference']:.3g} (tolerance {eps['logit_tolerance']:g})"},
         {"target": f"every training run <= {budget} CPU-minutes",
          "met": slowest <= budget, "measured": f"at most {slowest:.1f} over {len(records)} runs"},
     ]

@@ -2,10 +2,12 @@
 
     python -m reproduction.score keep --run-dir D --step S --out KEPT --data DATA
     python -m reproduction.score check --results reproduction/results/cifar10_reproduction.json --data DATA
+    python -m reproduction.score check --kept reproduction/results/networks/RUN ... --data DATA
 
 `keep` makes the kept network of a finished run and writes its scores.json; `check` re-scores
-every kept network of a results file into memory and compares each number with the file,
-exit code 1 if one differs. A score is the gated network's error at each evaluation batch
+every kept network of a results file into memory and compares each number with the file (or,
+with --kept, each named kept network with its own files, before a results file exists), exit
+code 1 if one differs. A score is the gated network's error at each evaluation batch
 size of kept.BATCH_SIZES in both semantics (inference mode: the stored gates; per batch: the
 original's), and its compression made again from the kept weights by compression.compress_run,
 checked against the inference-mode gated network on every image. Unlike the rest of the
@@ -83,7 +85,7 @@ def score(folder, data_dir):
 
 
 def differences(run, fresh):
-    """What the fresh scores of a run say otherwise than the results file, as lines."""
+    """What the fresh scores of a run say otherwise than its recorded numbers, as lines."""
     images = fresh["compression"]["images"]
 
     def same(a, b):  # errors are counts of images
@@ -96,28 +98,38 @@ def differences(run, fresh):
               for size, errors in fresh["batch_sizes"].items() for key, value in errors.items()]
     compressed = run["compression"]
     pairs += [("compressed_error", compressed["compressed_error"], fresh["compression"]["compressed_error"])]
-    lines = [f"{what}: results {a:.4f}, re-scored {b:.4f}" for what, a, b in pairs if not same(a, b)]
+    lines = [f"{what}: recorded {a:.4f}, re-scored {b:.4f}" for what, a, b in pairs if not same(a, b)]
     if not fresh["compression"]["logits_equal"]:
         lines.append(f"the re-made compressed network's logits differ by {fresh['compression']['max_abs_logit_difference']:.3g}")
     if fresh["compression"]["discarded_blocks"] != compressed["discarded_blocks"]:
-        lines.append(f"blocks removed: results {compressed['discarded_blocks']}, re-made "
+        lines.append(f"blocks removed: recorded {compressed['discarded_blocks']}, re-made "
                      f"{fresh['compression']['discarded_blocks']}")
     return lines
 
 
-def check(results_path, data_dir):
-    """Re-score every run of a results file from its kept network; returns the number that differ."""
+def runs_of(results_path):
+    """(name, recorded numbers, kept folder) of every run of a results file."""
     with open(results_path) as f:
         results = json.load(f)
     if any("kept" not in run for run in results["runs"]):
         raise RunError(f"{results_path} names no kept network for its runs (results of protocol version 1): "
                        f"expected a results file written by python -m reproduction since version 2")
+    return [(run["name"], run, os.path.join(REPO, run["kept"])) for run in results["runs"]]
+
+
+def kept_runs(folders):
+    """(name, recorded numbers, kept folder) of kept networks named by their folders."""
+    return [(os.path.basename(os.path.normpath(folder)), kept.recorded_numbers(folder), folder) for folder in folders]
+
+
+def check(runs, data_dir):
+    """Re-score every (name, recorded numbers, kept folder); returns the number of runs whose numbers differ."""
     differing = 0
-    for run in results["runs"]:
-        lines = differences(run, score(os.path.join(REPO, run["kept"]), data_dir))
+    for name, recorded, folder in runs:
+        lines = differences(recorded, score(folder, data_dir))
         differing += bool(lines)
-        print(f"{run['name']}: {'DIFFERS' if lines else 'same numbers'}"
-              + "".join(f"\n  {line}" for line in lines), flush=True)
+        print(f"{name}: {'DIFFERS' if lines else 'same numbers'}" + "".join(f"\n  {line}" for line in lines),
+              flush=True)
     return differing
 
 
@@ -129,7 +141,11 @@ def main(argv=None):
     keeping.add_argument("--step", type=int, required=True)
     keeping.add_argument("--out", required=True, help="the kept network's folder")
     checking = commands.add_parser("check", help="re-score every kept network of a results file and compare")
-    checking.add_argument("--results", default=os.path.join("reproduction", "results", "cifar10_reproduction.json"))
+    checked = checking.add_mutually_exclusive_group()
+    checked.add_argument("--results", default=os.path.join("reproduction", "results", "cifar10_reproduction.json"),
+                         help="compare with this results file (default %(default)s)")
+    checked.add_argument("--kept", nargs="+", metavar="DIR",
+                         help="instead: these kept networks, each compared with the numbers its own files record")
     for sub in (keeping, checking):
         sub.add_argument("--data", required=True, help="folder with cifar-10-batches-py")
     args = parser.parse_args(argv)
@@ -137,12 +153,13 @@ def main(argv=None):
         if args.command == "keep":
             keep(args.run_dir, args.step, args.out, os.path.abspath(args.data))
             return
-        differing = check(args.results, os.path.abspath(args.data))
+        source = " ".join(args.kept) if args.kept else args.results
+        differing = check(kept_runs(args.kept) if args.kept else runs_of(args.results), os.path.abspath(args.data))
     except (UserError, OSError) as err:
         sys.exit(f"error: {err}")
     if differing:
-        sys.exit(f"{differing} run(s) re-score to other numbers than {args.results}")
-    print(f"every run re-scores to the numbers of {args.results}")
+        sys.exit(f"{differing} run(s) re-score to other numbers than {source}")
+    print(f"every run re-scores to the numbers of {source}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ bookkeeping with stand-in command lines (which runs, which ε goes on, skipping 
 and (slow) `--quick` end to end through the real command lines."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import yaml
 
 from reproduction import REPO, RESULTS_DIR, RESULTS_NAME, scheduler
 from reproduction import __main__ as cli
+from reproduction.__main__ import SAMPLE_DATA
 from reproduction.protocol import QUICK_PROTOCOL, Targets, load_protocol
 from reproduction.report import README_BEGIN, README_END, lr_phases, readme_section, render_markdown
 from reproduction.results import SCHEMA
@@ -56,6 +58,25 @@ def test_rule_without_an_eligible_epsilon():
     assert (epsilon, reason.startswith("no ε was eligible; of those within")) == (7.5, True)  # most blocks
     beyond = [candidate(7.0, [0.25], [1]), candidate(7.5, [0.24], [2])]
     assert choose_epsilon(0.20, beyond, 15, TARGETS)[0] == 7.5  # lowest error
+
+
+def test_rescoring_names_every_number_that_differs():
+    from reproduction.score import differences
+    errors = {"val_error": 0.25, "val_error_per_batch": 0.5}
+    recorded = {"error": 0.25, "error_per_batch": 0.5, "scores": {"batch_sizes": {"1": errors, "128": errors}},
+                "compression": {"compressed_error": 0.25, "discarded_blocks": ["res1.0"]}}
+    fresh = {"batch_sizes": {"1": dict(errors), "128": dict(errors)},
+             "compression": {"images": 100, "compressed_error": 0.25, "logits_equal": True,
+                             "max_abs_logit_difference": 0.0, "discarded_blocks": ["res1.0"]}}
+    assert differences(recorded, fresh) == []
+    fresh["batch_sizes"]["128"]["val_error"] = 0.254  # still 25 of 100 images
+    assert differences(recorded, fresh) == []
+    fresh["batch_sizes"]["1"]["val_error_per_batch"] = 0.51  # one image more
+    fresh["compression"].update(logits_equal=False, max_abs_logit_difference=0.5, discarded_blocks=[])
+    assert differences(recorded, fresh) == [
+        "batch 1 val_error_per_batch: recorded 0.5000, re-scored 0.5100",
+        "the re-made compressed network's logits differ by 0.5",
+        "blocks removed: recorded ['res1.0'], re-made []"]
 
 
 def test_lr_phases_from_a_curve():
@@ -133,9 +154,10 @@ FAKE_KEEP = textwrap.dedent('''
     p.add_argument("--out"); p.add_argument("--data"); a = p.parse_args()
     kept.copy_run_files(a.run_dir, a.step, a.out)
     last = run_folder.read_metrics(a.out)[-1]
-    errors = {"val_error": last["val_error"], "val_error_per_batch": last["val_error_per_batch"]}
+    errors = {str(size): {"val_error": last["val_error"], "val_error_per_batch": last["val_error_per_batch"] + 0.1 / size}
+              for size in kept.BATCH_SIZES}  # a smaller batch: a worse per-batch error
     with open(os.path.join(a.out, kept.SCORES_FILE), "w") as f:
-        json.dump({"step": a.step, "batch_sizes": {str(size): errors for size in kept.BATCH_SIZES}}, f)
+        json.dump({"step": a.step, "batch_sizes": errors}, f)
 ''')
 
 
@@ -195,7 +217,17 @@ def test_protocol_chooses_on_held_out_data_and_trains_the_choice(fake_protocol, 
     assert [t["met"] for t in results["targets"]] == [True] * 4  # blocks, error, lossless, CPU budget
     assert open(tmp_path / "results" / "cifar10_reproduction.md").read() == render_markdown(results)
     assert all(os.path.isfile(tmp_path / "results" / path) for path in results["figures"]["files"])
-    assert "**Chosen: ε = 2**" in render_markdown(results)
+    markdown = render_markdown(results)
+    assert "**Chosen: ε = 2**" in markdown
+    per_batch = final["test_error_per_batch"]["mean"]
+    assert per_batch == pytest.approx(final["test_error"]["mean"] + 0.002)  # both semantics, side by side
+    assert f"| {final['test_error']['mean']:.2%} ± 0.01 | {per_batch:.2%} ± 0.01 |" in markdown
+    sizes = final["batch_sizes"]
+    assert [sizes[s]["val_error_per_batch"]["mean"] - per_batch for s in ("1", "10", "128")] == pytest.approx(
+        [0.1, 0.01, 0.1 / 128])  # the kept networks' scores at each evaluation batch size
+    assert f"| per batch | {per_batch + 0.1:.2%} ± 0.01 | {per_batch + 0.01:.2%} ± 0.01 |" in markdown
+    assert "max |logit difference| 0 (tolerance 0.0001)" in results["targets"][2]["measured"]
+    assert "logits differ from the gated network's in select-eps3-s1, select-eps3-s2 (largest" in markdown
     flickered = runs["select-eps3-s1"]["compression"]
     assert not flickered["lossless"] and flickered["flickering"] == [{"block": "res1.0", "closed_rate": 0.95}]
     assert flickered["compressed_error"] == pytest.approx(runs["select-eps3-s1"]["error"] + 0.001)
@@ -303,6 +335,19 @@ def test_quick_mode_runs_the_whole_protocol(tmp_path):
     md = (out / "cifar10_reproduction.md").read_text()
     assert md == render_markdown(results)
     assert all(os.path.isfile(out / path) for path in results["figures"]["files"])
+    rescore = [sys.executable, "-m", "reproduction.score", "check", "--data", SAMPLE_DATA]
+    checked = subprocess.run([*rescore, "--results", str(out / "cifar10_reproduction.json")], cwd=REPO,
+                             capture_output=True, text=True, timeout=1200)
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
+    assert checked.stdout.count("same numbers") == len(names) and "every run re-scores" in checked.stdout
+    edited = tmp_path / "edited"
+    shutil.copytree(out / "networks" / "select-eps2-s1", edited)
+    scores = json.loads((edited / "scores.json").read_text())
+    scores["batch_sizes"]["10"]["val_error_per_batch"] += 0.5
+    (edited / "scores.json").write_text(json.dumps(scores))
+    checked = subprocess.run([*rescore, "--kept", str(edited)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert checked.returncode == 1 and "edited: DIFFERS" in checked.stdout, checked.stdout + checked.stderr[-3000:]
+    assert "batch 10 val_error_per_batch: recorded" in checked.stdout and checked.stdout.count("\n  ") == 1
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)  # everything found finished
     assert again.returncode == 0, again.stderr[-3000:]
     results = json.loads((out / "cifar10_reproduction.json").read_text())
