@@ -73,65 +73,69 @@ def responses(results):
 
 
 def selection_table(selection):
-    rows = [("plain", len(selection["plain"]["runs"]), mean_sd(selection["plain"]["error"], pct, points),
-             "–", "–", "–")]
+    plain = selection["plain"]
+    rows = [("plain", len(plain["runs"]), mean_sd(plain["error"], pct, points),
+             mean_sd(plain["error_per_batch"], pct, points), "–", "–", "–")]
     rows += [(f"ε = {c['epsilon']:g}", len(c["runs"]), mean_sd(c["error"], pct, points),
-              f"{mean_sd(c['removed'], count)} / {selection['blocks']}", yes_no(c["lossless"]), yes_no(c["eligible"]))
+              mean_sd(c["error_per_batch"], pct, points), f"{mean_sd(c['removed'], count)} / {selection['blocks']}",
+              yes_no(c["lossless"]), yes_no(c["eligible"]))
              for c in selection["candidates"]]
-    return table(("model", "runs", "held-out error", "blocks discarded", "compressed = gated in every run",
-                  "eligible"), rows)
+    return table(("model", "runs", "held-out error (inference mode)", "per-batch error", "blocks removed",
+                  "compressed = gated in every run", "eligible"), rows)
 
 
 def final_table(final):
     plain, eps = final["plain"], final["eps"]
     minutes = "{:.1f}".format
-    header = ("model", "depth", "seeds", "test error", "blocks discarded", "params", "MACs", "CPU-minutes per run")
+    header = ("model", "depth", "seeds", "test error (inference mode)", "per-batch error", "blocks removed", "params",
+              "MACs", "CPU-minutes per run")
     return table(header, [
         ("plain pre-activation ResNet", plain["depth"], listing(plain["seeds"]),
-         mean_sd(plain["test_error"], pct, points), "–", count(plain["params"]["full"]),
-         millions(plain["macs"]["full"]), mean_sd(plain["cpu_minutes"], minutes)),
+         mean_sd(plain["test_error"], pct, points), mean_sd(plain["test_error_per_batch"], pct, points), "–",
+         count(plain["params"]["full"]), millions(plain["macs"]["full"]), mean_sd(plain["cpu_minutes"], minutes)),
         (f"ε-ResNet, ε = {eps['epsilon']:g}", eps["depth"], listing(eps["seeds"]),
-         mean_sd(eps["test_error"], pct, points), f"{mean_sd(eps['removed'], count)} / {eps['blocks']}",
-         count(eps["params"]["full"]), millions(eps["macs"]["full"]), mean_sd(eps["cpu_minutes"], minutes)),
+         mean_sd(eps["test_error"], pct, points), mean_sd(eps["test_error_per_batch"], pct, points),
+         f"{mean_sd(eps['removed'], count)} / {eps['blocks']}", count(eps["params"]["full"]),
+         millions(eps["macs"]["full"]), mean_sd(eps["cpu_minutes"], minutes)),
         ("compressed ε-ResNet", mean_sd(eps["compressed_depth"], count), listing(eps["seeds"]),
-         mean_sd(eps["compressed_error"], pct, points), "–", mean_sd(eps["params"]["compressed"], count),
+         mean_sd(eps["compressed_error"], pct, points), "–", "–", mean_sd(eps["params"]["compressed"], count),
          mean_sd(eps["macs"]["compressed"], millions), "–")])
+
+
+def batch_size_table(final):
+    """Test error against the evaluation batch size, both semantics, mean ± sd over the final seeds."""
+    sizes = sorted(final["plain"]["batch_sizes"], key=int)
+    models = (("plain", final["plain"]), (f"ε-ResNet, ε = {final['eps']['epsilon']:g}", final["eps"]))
+    rows = [(name, semantics, *(mean_sd(summary["batch_sizes"][size][key], pct, points) for size in sizes))
+            for name, summary in models
+            for semantics, key in (("inference mode", "val_error"), ("per batch", "val_error_per_batch"))]
+    return table(("model", "gates", *(f"batch {size}" for size in sizes)), rows)
 
 
 def runs_table(runs):
     rows = []
     for r in runs:
         c = r["compression"]
-        after = ["–"] * 4 if c is None else [", ".join(c["discarded_blocks"]) or "none", pct(c["compressed_error"]),
-                                             f"{c['check']['max_abs_logit_difference']:.3g}", yes_no(c["lossless"])]
         rows.append((r["name"], "held-out" if r["split"] == "holdout" else "test", r["seed"], f"{r['epsilon']:g}",
-                     f"{r['training']['cpu_minutes']:.1f}", pct(r["error"]), count(r["closed_at_end"] or 0),
-                     *after, len(r["training"]["sessions"])))
-    return table(("run", "evaluated on", "seed", "ε", "CPU-minutes", "error", "closed at the end", "blocks removed",
-                  "compressed error", "max logit difference", "lossless", "training sessions"), rows)
+                     f"{r['training']['cpu_minutes']:.1f}", pct(r["error"]), pct(r["error_per_batch"]),
+                     count(r["closed_at_end"] or 0), ", ".join(c["discarded_blocks"]) or "none",
+                     pct(c["compressed_error"]), f"{c['check']['max_abs_logit_difference']:.3g}", yes_no(c["lossless"]),
+                     len(r["training"]["sessions"])))
+    return table(("run", "evaluated on", "seed", "ε", "CPU-minutes", "error (inference mode)", "per-batch error",
+                  "closed at the end", "blocks removed", "compressed error", "max logit difference", "lossless",
+                  "training sessions"), rows)
 
 
-def disagreements(runs):
-    """Per compressed run, the gates that made the gated network differ from the compressed one:
-    recorded by results files from before the gates had a stored inference decision."""
-    lines = []
-    for r in runs:
-        c = r["compression"] or {}
-        opened, closed = c.get("removed_but_opened") or [], c.get("kept_but_closed") or []
-        if not (opened or closed):
-            continue
-        parts = [f"{kind} {', '.join(blocks)} {became}" for kind, blocks, became in (
-            ("removed", opened, "opened"), ("kept", closed, "closed")) if blocks]
-        flicker = ", ".join(f"{f['block']} {f['closed_rate']:.0%}" for f in c["flickering"])
-        lines.append(f"- {r['name']}: {' and '.join(parts)} on some "
-                     f"{'held-out' if r['split'] == 'holdout' else 'test'} batch"
-                     + (f" (closed on this share of the training batches compressModel.py read: {flicker})"
-                        if flicker else ""))
-    if not lines:
-        return "In every compressed run the gates were closed on every evaluated batch exactly for the removed blocks."
-    return "\n".join(["Where a compressed network differs from its gated network: the gate decides per batch (max|F| "
-                      "over the batch against ε), and on these evaluated batches it decided otherwise than on the "
-                      "training batches compressModel.py read:", "", *lines])
+def compression_checks(runs):
+    """compressModel.py's check in every run: the largest logit difference, and the runs that failed it."""
+    checks = [r["compression"]["check"] for r in runs]
+    failed = [r["name"] for r in runs if not r["compression"]["lossless"]]
+    largest = max(c["max_abs_logit_difference"] for c in checks)
+    verdict = ("in every run the compressed network's logits equal the gated network's" if not failed else
+               f"the compressed network's logits differ from the gated network's in {', '.join(failed)}")
+    return (f"`compressModel.py` checks each compressed network against the inference-mode gated network on every "
+            f"evaluated image: {verdict} (largest |logit difference| over the runs {largest:.3g}, tolerance "
+            f"{checks[0]['logit_tolerance']:g}).")
 
 
 def figures(results):
@@ -148,7 +152,7 @@ def render_markdown(results):
     final, protocol = results["final"], results["protocol"]["content"]
     selection, plain = protocol["selection"], final["plain"]
     first = next(r for r in results["runs"] if r["phase"] == "final")
-    total = None if first["compression"] is None else first["compression"]["check"]["images"]
+    total = first["compression"]["check"]["images"]
     sessions = [s for r in results["runs"] for s in r["training"]["sessions"]]
     values = {
         "json_path": results["files"]["json"], "json_file": results["files"]["json"], "depth": plain["depth"],
@@ -162,14 +166,17 @@ def render_markdown(results):
         "max_error_increase": in_points(protocol["targets"]["max_error_increase"]),
         "min_discarded_fraction": f"{protocol['targets']['min_discarded_fraction']:.0%}",
         "selection_rule": results["selection_rule"], "final_seeds": listing(protocol["final"]["seeds"]),
-        "test_images": f" on the {total:,} test images" if total else "", "notes": protocol["notes"].strip(),
+        "test_images": f"{total:,}", "notes": protocol["notes"].strip(),
         "selection_table": selection_table(results["selection"]),
         "chosen_epsilon": f"{results['selection']['chosen_epsilon']:g}",
         "chosen_reason": results["selection"]["reason"],
         "final_epsilon": f"{final['eps']['epsilon']:g}", "final_table": final_table(final),
         "targets": "\n".join(f"- {t['target']}: **{'met' if t['met'] else 'missed'}** ({t['measured']})"
                              for t in results["targets"]),
-        "runs_table": runs_table(results["runs"]), "disagreements": disagreements(results["runs"]),
+        "runs_table": runs_table(results["runs"]), "compression_checks": compression_checks(results["runs"]),
+        "batch_size_table": batch_size_table(final),
+        "eval_batch": first["compression"]["check"]["batch_size"],
+        "networks": os.path.dirname(first["kept"]), "version": protocol["version"], "changes": protocol["changes"].strip(),
         "commits": ", ".join(sorted({(s["commit"] or "unknown")[:12] + (" (with uncommitted changes)" if s["dirty"]
                                                                          else "") for s in sessions})),
         "machines": "; ".join(sorted({f"{s['machine']['cores']} cores, {s['machine']['cpu_model']}, TensorFlow "
