@@ -58,16 +58,20 @@ def restore_model(model, path, exact):
                               f"and its .data-* files complete, as they were written; use another step's "
                               f"checkpoint") from None
     except (AssertionError, ValueError, tf.errors.OpError) as err:
-        raise WeightsDoNotFit(f"the weights in {path} do not fit the network {model.name!r}: {brief(err)}") from None
+        raise WeightsDoNotFit(f"the weights in {path} do not fit the network {model.name!r}: "
+                              f"{brief(err, [v.path for v in model.weights])}") from None
 
 
-def brief(err):
+def brief(err, network_order=()):
     """TensorFlow's message for a checkpoint that cannot be read, without its op prefix and the
-    values of the variables it lists (kilobytes of numbers): their names stand for them."""
+    values of the variables it lists (kilobytes of numbers): their names stand for them, the
+    first in the network's order (TensorFlow lists them in an order that changes from run to run)."""
     text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "", str(err))
     names = re.findall(r"path=([^,]+), shape", text)
     if names:
-        text = text.split(" Showing")[0].split(": [")[0].rstrip(".") + f", among them {', '.join(names[:5])}"
+        rank = {name: i for i, name in enumerate(network_order)}
+        first = sorted(names, key=lambda name: (rank.get(name, len(rank)), name))[:5]
+        text = text.split(" Showing")[0].split(": [")[0].rstrip(".") + f", among them {', '.join(first)}"
     return text.strip()
 
 

@@ -6,7 +6,7 @@ import os
 from benchmarks.provenance import write_atomic
 from epsilon_resnet.errors import RunError
 from reproduction import read_text
-from reproduction.results import SCHEMA, in_points
+from reproduction.results import SCHEMA, in_points, logit_check, logit_check_text
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.md")
 README_BEGIN, README_END = "<!-- reproduction: begin -->", "<!-- reproduction: end -->"
@@ -128,14 +128,11 @@ def runs_table(runs):
 
 def compression_checks(runs):
     """compressModel.py's check in every run: the largest logit difference, and the runs that failed it."""
-    checks = [r["compression"]["check"] for r in runs]
     failed = [r["name"] for r in runs if not r["compression"]["lossless"]]
-    largest = max(c["max_abs_logit_difference"] for c in checks)
     verdict = ("in every run the compressed network's logits equal the gated network's" if not failed else
                f"the compressed network's logits differ from the gated network's in {', '.join(failed)}")
     return (f"`compressModel.py` checks each compressed network against the inference-mode gated network on every "
-            f"evaluated image: {verdict} (largest |logit difference| over the runs {largest:.3g}, tolerance "
-            f"{checks[0]['logit_tolerance']:g}).")
+            f"evaluated image: {verdict} (over the runs: {logit_check_text(logit_check([r['compression'] for r in runs]))}).")
 
 
 def figures(results):
