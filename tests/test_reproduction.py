@@ -297,21 +297,6 @@ def test_readme_section_is_the_committed_results_rendered():
         assert os.path.isfile(os.path.join(REPO, path)), path
 
 
-def test_readme_selection_table_is_the_kept_scores():
-    """The hand-made table of the version 2 selection runs in the README shows their scores.json."""
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        rows = [line.split(" | ") for line in f if line.startswith("| select-")]
-    rows = [row for row in rows if len(row) == 5]  # not the version 1 section's table of every run
-    assert len(rows) == 4
-    for name, inference, per_batch, removed, difference in rows:
-        folder = os.path.join(RESULTS_DIR, "networks", name[2:])
-        scores = json.loads(open(os.path.join(folder, "scores.json")).read())
-        for shown_errors, key in ((inference, "val_error"), (per_batch, "val_error_per_batch")):
-            assert shown_errors == " / ".join(f"{scores['batch_sizes'][size][key]:.2%}" for size in ("1", "10", "128"))
-        assert removed.split()[0] == str(len(scores["compression"]["discarded_blocks"]))
-        assert difference.rstrip(" |\n") == f"{scores['compression']['max_abs_logit_difference']:g}"
-
-
 # ---- the real command lines -------------------------------------------------------------------------
 def check_structure(results):
     """The results file holds every run with what the README's table and figures are made from."""
