@@ -131,8 +131,9 @@ def compression_checks(runs):
     failed = [r["name"] for r in runs if not r["compression"]["lossless"]]
     verdict = ("in every run the compressed network's logits equal the gated network's" if not failed else
                f"the compressed network's logits differ from the gated network's in {', '.join(failed)}")
+    over_runs = logit_check_text(logit_check([r["compression"] for r in runs]))
     return (f"`compressModel.py` checks each compressed network against the inference-mode gated network on every "
-            f"evaluated image: {verdict} (over the runs: {logit_check_text(logit_check([r['compression'] for r in runs]))}).")
+            f"evaluated image: {verdict} (over the runs: {over_runs}).")
 
 
 def figures(results):
