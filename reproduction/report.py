@@ -119,11 +119,12 @@ def runs_table(runs):
         rows.append((r["name"], "held-out" if r["split"] == "holdout" else "test", r["seed"], f"{r['epsilon']:g}",
                      f"{r['training']['cpu_minutes']:.1f}", pct(r["error"]), pct(r["error_per_batch"]),
                      count(r["closed_at_end"] or 0), ", ".join(c["discarded_blocks"]) or "none",
-                     pct(c["compressed_error"]), f"{c['check']['max_abs_logit_difference']:.3g}", yes_no(c["lossless"]),
+                     count(c["params"]["compressed"]), millions(c["macs"]["compressed"]), pct(c["compressed_error"]),
+                     f"{c['check']['max_abs_logit_difference']:.3g}", yes_no(c["lossless"]),
                      len(r["training"]["sessions"])))
     return table(("run", "evaluated on", "seed", "ε", "CPU-minutes", "error (inference mode)", "per-batch error",
-                  "closed at the end", "blocks removed", "compressed error", "max logit difference", "lossless",
-                  "training sessions"), rows)
+                  "closed at the end", "blocks removed", "compressed params", "compressed MACs", "compressed error",
+                  "max logit difference", "lossless", "training sessions"), rows)
 
 
 def compression_checks(runs):

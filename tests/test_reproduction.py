@@ -229,6 +229,8 @@ def test_protocol_chooses_on_held_out_data_and_trains_the_choice(fake_protocol, 
     assert "max |logit difference| 0, tolerance 0.0001" in results["targets"][2]["measured"]
     assert ("logits differ from the gated network's in select-eps3-s1, select-eps3-s2 (over the runs: "
             "max |logit difference|") in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| final-eps2-s11 |"))
+    assert "| 900 | " in row and f"| {runs['final-eps2-s11']['compression']['macs']['compressed'] / 1e6:.1f} M |" in row
     flickered = runs["select-eps3-s1"]["compression"]
     assert not flickered["lossless"] and flickered["flickering"] == [{"block": "res1.0", "closed_rate": 0.95}]
     assert flickered["compressed_error"] == pytest.approx(runs["select-eps3-s1"]["error"] + 0.001)
