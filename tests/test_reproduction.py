@@ -230,7 +230,8 @@ def test_protocol_chooses_on_held_out_data_and_trains_the_choice(fake_protocol, 
     assert ("logits differ from the gated network's in select-eps3-s1, select-eps3-s2 (over the runs: "
             "max |logit difference|") in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| final-eps2-s11 |"))
-    assert "| 900 | " in row and f"| {runs['final-eps2-s11']['compression']['macs']['compressed'] / 1e6:.1f} M |" in row
+    compressed = runs["final-eps2-s11"]["compression"]
+    assert f"| {compressed['params']['compressed']:,} | {compressed['macs']['compressed'] / 1e6:.1f} M |" in row
     flickered = runs["select-eps3-s1"]["compression"]
     assert not flickered["lossless"] and flickered["flickering"] == [{"block": "res1.0", "closed_rate": 0.95}]
     assert flickered["compressed_error"] == pytest.approx(runs["select-eps3-s1"]["error"] + 0.001)
@@ -287,16 +288,69 @@ def test_readme_splice_replaces_only_the_marked_section(fake_protocol, tmp_path)
     assert readme.read_text() == "# no markers\n"
 
 
+def committed(*path):
+    with open(os.path.join(REPO, *path), encoding="utf-8") as f:
+        return json.load(f) if path[-1].endswith(".json") else f.read()
+
+
 def test_readme_section_is_the_committed_results_rendered():
     """The README's reproduction is the Markdown of reproduction/results/cifar10_reproduction.json, unedited."""
-    with open(os.path.join(RESULTS_DIR, f"{RESULTS_NAME}.json"), encoding="utf-8") as f:
-        results = json.load(f)
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
+    results, readme = committed(RESULTS_DIR, f"{RESULTS_NAME}.json"), committed("README.md")
     start, end = readme_section(readme, "README.md")
     assert readme[start:end] == render_markdown(results)
     for path in results["figures"]["files"]:
         assert os.path.isfile(os.path.join(REPO, path)), path
+
+
+def test_readme_reading_quotes_the_committed_results():
+    """Every number of the README's hand-written reading of the reproduction, made from the results files."""
+    readme = committed("README.md")
+    reading = " ".join(readme[readme.index("### Reading the reproduction"):readme.index("## Benchmarks")].split())
+    results, v1 = committed(RESULTS_DIR, f"{RESULTS_NAME}.json"), committed(RESULTS_DIR, "v1", f"{RESULTS_NAME}.json")
+    eps, plain, selection = results["final"]["eps"], results["final"]["plain"], results["selection"]
+    chosen = next(c for c in selection["candidates"] if c["epsilon"] == selection["chosen_epsilon"])
+    others_removed = [f"{c['removed']['mean']:g}" for c in selection["candidates"] if c is not chosen]
+    finals = [r for r in results["runs"] if r["phase"] == "final" and r["kind"] == "eps"]
+    worst = max(finals, key=lambda r: r["error_per_batch"] - r["error"])
+    kept = [b for b in worst["gates"] if b not in worst["compression"]["discarded_blocks"]]
+    nearest = max(kept, key=lambda b: worst["gates"][b][-1])
+    minutes = [r["training"]["cpu_minutes"] for r in results["runs"]]
+    sizes = eps["batch_sizes"]
+    v1_selection, v1_final = v1["selection"], v1["final"]
+    v1_chosen = next(c for c in v1_selection["candidates"] if c["epsilon"] == v1_selection["chosen_epsilon"])
+
+    def error(summary):
+        return f"{summary['mean']:.2%} ± {summary['sd'] * 100:.2f}"
+
+    def points(a, b):
+        return f"{(a - b) * 100:.2f}"
+
+    quoted = [
+        f"{error(eps['test_error'])} against the plain network's {error(plain['test_error'])}, "
+        f"+{points(eps['test_error']['mean'], plain['test_error']['mean'])} points",
+        f"{eps['removed']['mean']:.2f} of {eps['blocks']} blocks ({eps['removed']['mean'] / eps['blocks']:.1%})",
+        f"its selection run removed {chosen['removed']['mean']:g} blocks, the three final seeds "
+        f"{', '.join(str(v) for v in eps['removed']['values'][:-1])} and {eps['removed']['values'][-1]}",
+        f"({' and '.join(others_removed)} blocks on held-out data)",
+        f"{chosen['error']['mean']:.2%} against {selection['plain']['error']['mean']:.2%}, "
+        f"+{points(chosen['error']['mean'], selection['plain']['error']['mean'])} points",
+        f"span {min(plain['test_error']['values']):.2%} to {max(plain['test_error']['values']):.2%}",
+        f"{points(v1_selection['plain']['error']['mean'], v1_chosen['error']['mean'])} points better than plain, "
+        f"then {points(v1_final['eps']['test_error']['mean'], v1_final['plain']['test_error']['mean'])} points worse",
+        f"equalled it in {v1_final['eps']['lossless_runs']} of {len(v1_final['eps']['runs'])} runs",
+        f"max |logit difference| {eps['logit_check']['max_abs_logit_difference']:g}",
+        f"({min(minutes):.1f} to {max(minutes):.1f} CPU-minutes a run)",
+        f"took {sum(minutes):.0f} CPU-minutes",
+        f"give {sizes['128']['val_error']['mean']:.2%} at every evaluation batch size",
+        "{:.2%} at batch 128, {:.2%} at 10 and {:.2%} at 1".format(
+            *(sizes[size]["val_error_per_batch"]["mean"] for size in ("128", "10", "1"))),
+        f"({worst['name']}) scores {worst['error_per_batch']:.2%} per batch against {worst['error']:.2%}",
+        f"block {nearest} ends training with a moving max|F| of {worst['responses'][nearest][-1]:.2f}, just above "
+        f"ε = {worst['epsilon']:g}, and a moving average of is_discarded of {worst['gates'][nearest][-1]:.2f}",
+    ]
+    assert len({sizes[s]["val_error"]["mean"] for s in sizes}) == 1  # inference mode: one error at every size
+    for phrase in quoted:
+        assert phrase in reading, phrase
 
 
 # ---- the real command lines -------------------------------------------------------------------------
