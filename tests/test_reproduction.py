@@ -15,7 +15,8 @@ from reproduction import REPO, RESULTS_DIR, RESULTS_NAME, scheduler
 from reproduction import __main__ as cli
 from reproduction.__main__ import SAMPLE_DATA
 from reproduction.protocol import QUICK_PROTOCOL, Targets, load_protocol
-from reproduction.report import README_BEGIN, README_END, lr_phases, readme_section, render_markdown
+from reproduction.report import (README_BEGIN, README_END, count, lr_phases, mean_sd, millions, pct, points,
+                                 readme_section, render_markdown)
 from reproduction.results import SCHEMA
 from reproduction.selection import SELECTION_RULE, choose_epsilon, stats
 from epsilon_resnet.errors import ConfigError
@@ -231,7 +232,7 @@ def test_protocol_chooses_on_held_out_data_and_trains_the_choice(fake_protocol, 
             "max |logit difference|") in markdown
     row = next(line for line in markdown.splitlines() if line.startswith("| final-eps2-s11 |"))
     compressed = runs["final-eps2-s11"]["compression"]
-    assert f"| {compressed['params']['compressed']:,} | {compressed['macs']['compressed'] / 1e6:.1f} M |" in row
+    assert f"| {count(compressed['params']['compressed'])} | {millions(compressed['macs']['compressed'])} |" in row
     flickered = runs["select-eps3-s1"]["compression"]
     assert not flickered["lossless"] and flickered["flickering"] == [{"block": "res1.0", "closed_rate": 0.95}]
     assert flickered["compressed_error"] == pytest.approx(runs["select-eps3-s1"]["error"] + 0.001)
@@ -320,23 +321,20 @@ def test_readme_reading_quotes_the_committed_results():
     v1_chosen = next(c for c in v1_selection["candidates"] if c["epsilon"] == v1_selection["chosen_epsilon"])
 
     def error(summary):
-        return f"{summary['mean']:.2%} ± {summary['sd'] * 100:.2f}"
-
-    def points(a, b):
-        return f"{(a - b) * 100:.2f}"
+        return mean_sd(summary, pct, points)
 
     quoted = [
         f"{error(eps['test_error'])} against the plain network's {error(plain['test_error'])}, "
-        f"+{points(eps['test_error']['mean'], plain['test_error']['mean'])} points",
+        f"+{points(eps['test_error']['mean'] - plain['test_error']['mean'])} points",
         f"{eps['removed']['mean']:.2f} of {eps['blocks']} blocks ({eps['removed']['mean'] / eps['blocks']:.1%})",
         f"its selection run removed {chosen['removed']['mean']:g} blocks, the three final seeds "
         f"{', '.join(str(v) for v in eps['removed']['values'][:-1])} and {eps['removed']['values'][-1]}",
         f"({' and '.join(others_removed)} blocks on held-out data)",
         f"{chosen['error']['mean']:.2%} against {selection['plain']['error']['mean']:.2%}, "
-        f"+{points(chosen['error']['mean'], selection['plain']['error']['mean'])} points",
+        f"+{points(chosen['error']['mean'] - selection['plain']['error']['mean'])} points",
         f"span {min(plain['test_error']['values']):.2%} to {max(plain['test_error']['values']):.2%}",
-        f"{points(v1_selection['plain']['error']['mean'], v1_chosen['error']['mean'])} points better than plain, "
-        f"then {points(v1_final['eps']['test_error']['mean'], v1_final['plain']['test_error']['mean'])} points worse",
+        f"{points(v1_selection['plain']['error']['mean'] - v1_chosen['error']['mean'])} points better than plain, "
+        f"then {points(v1_final['eps']['test_error']['mean'] - v1_final['plain']['test_error']['mean'])} points worse",
         f"equalled it in {v1_final['eps']['lossless_runs']} of {len(v1_final['eps']['runs'])} runs",
         f"max |logit difference| {eps['logit_check']['max_abs_logit_difference']:g}",
         f"({min(minutes):.1f} to {max(minutes):.1f} CPU-minutes a run)",
