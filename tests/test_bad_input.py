@@ -91,7 +91,7 @@ def test_a_non_finite_epsilon_is_refused_before_any_folder_is_made(tmp_path, mon
                                                                    epsilon):
     monkeypatch.chdir(tmp_path)
     assert train("--config", write_tiny_config(str(tmp_path), tiny_cifar), "-e", epsilon, "-o", "x") == 1
-    assert "ε must be a finite number >= 0" in one_line_error(capsys)
+    assert f"model.epsilon must be >= 0, got {epsilon}" in one_line_error(capsys)
     assert os.listdir(tmp_path) == ["tiny.yaml"]
 
 
