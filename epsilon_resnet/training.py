@@ -255,10 +255,11 @@ class Trainer:
         refused = sorted(s for s in self.config.train.keep_checkpoint_steps
                          if (s <= last_end or (s - last_end) % self.steps_per_epoch) and s not in kept)
         if refused:
-            raise RunError(f"train.keep_checkpoint_steps {refused} are not epoch ends of this run: its checkpoints "
-                           f"are written at the end of each epoch, every {self.steps_per_epoch} steps from global "
-                           f"step {last_end} ({last_end + self.steps_per_epoch}, "
-                           f"{last_end + 2 * self.steps_per_epoch}, ...)")
+            ends = [last_end + k * self.steps_per_epoch for k in (1, 2)]
+            raise RunError(f"train.keep_checkpoint_steps {refused} are not checkpoints this run will write: it "
+                           f"writes one at the end of each epoch, every {self.steps_per_epoch} steps, the next at "
+                           f"global steps {ends[0]}, {ends[1]}, ... (a step already passed is kept only if "
+                           f"{run_folder.KEPT_FOLDER}/ holds it)")
 
     def position(self):
         """Where the run stands, in the log's words: "step 2 of epoch 3" or "the end of epoch 2"."""
@@ -271,8 +272,8 @@ class Trainer:
         epoch, max_epoch = self.state.values["epoch"], self.config.train.max_epoch
         if epoch < max_epoch:
             return False
-        logger.info("%s is finished: it trained %d epochs (global step %d), and train.max_epoch is %d; nothing "
-                    "was written. To train it further, run again with a higher max epoch (--max-epoch %d)",
+        logger.info("%s is finished: its last checkpoint ends epoch %d (global step %d) and train.max_epoch is %d; "
+                    "nothing was written. To train it further, run again with a higher max epoch (--max-epoch %d)",
                     self.run_dir, epoch, self.global_step, max_epoch, epoch + 1)
         return True
 
