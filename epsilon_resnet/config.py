@@ -1,7 +1,8 @@
 """Experiment configuration: YAML files in configs/ → typed dataclasses, validated up front.
 
 Every number of docs/original.md §4–6 lives here, so a run folder's config.yaml says
-exactly what ran.
+exactly what ran. Each field declares its valid range or choices where it is defined
+(`within`, `one_of`), and `validate` checks them all before anything runs.
 """
 import dataclasses
 import math

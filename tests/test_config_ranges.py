@@ -11,7 +11,7 @@ import yaml
 
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.cli import cifar_main
-from cli_helpers import exit_code, write_tiny_config
+from cli_helpers import exit_code, one_line_error, write_tiny_config
 
 SECTIONS = [(f.name, f.type) for f in dataclasses.fields(config_lib.Config)]
 FREE_TEXT = {("data", "dir")}  # a folder name: any text
@@ -69,8 +69,7 @@ def test_a_value_outside_its_range_is_refused_in_one_line_before_any_folder(
     with open(path, "w") as f:
         yaml.safe_dump(raw, f)
     assert exit_code(cifar_main, "--config", path, "-o", "x") == 1
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    err = one_line_error(capsys)
     assert f"{section}.{key} " in err and allowed in err, err
     assert os.listdir(tmp_path) == ["tiny.yaml"]
 
@@ -81,8 +80,8 @@ def test_a_network_too_large_for_the_memory_is_refused_with_the_estimate(tmp_pat
     monkeypatch.chdir(tmp_path)
     assert exit_code(cifar_main, "--config", write_tiny_config(str(tmp_path), tiny_cifar), "-n", 1000000,
                      "-o", "x") == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "the network of 3000000 residual blocks needs at least 2,790.5 GiB" in err, err
+    err = one_line_error(capsys)
+    assert "the network of 3000000 residual blocks needs at least 2,790.5 GiB" in err, err
     available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2 ** 30
     assert f"more than the {available:,.1f} GiB of memory of this machine" in err
     assert sorted(os.listdir(tmp_path)) == ["tiny.yaml"]

@@ -12,7 +12,7 @@ import yaml
 from epsilon_resnet import cli, config as config_lib, training
 from epsilon_resnet.errors import Interrupted
 from epsilon_resnet.run_folder import read_metrics
-from cli_helpers import exit_code, snapshot, write_tiny_config
+from cli_helpers import exit_code, one_line_error, snapshot, working_folder, write_tiny_config
 from test_resume import SignalAt, ctrl_c_interrupts  # noqa: F401 (a fixture)
 
 run = functools.partial(exit_code, cli.cifar_main)
@@ -22,20 +22,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))  # the co
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, tiny_cifar):
     """A folder holding tiny.yaml (ResNet-8, one epoch of 3 steps) and its finished run train_log.a/."""
-    work = tmp_path_factory.mktemp("work")
-    cwd = os.getcwd()
-    os.chdir(work)
-    try:
+    with working_folder(tmp_path_factory.mktemp("work")) as work:
         assert run("--config", write_tiny_config(str(work), tiny_cifar, max_epoch=1), "-o", "a") == 0
-    finally:
-        os.chdir(cwd)
     return work
-
-
-def one_line_error(capsys):
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_a_failed_start_leaves_the_working_folder_as_it_found_it(finished, monkeypatch, capsys):
