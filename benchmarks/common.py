@@ -51,7 +51,7 @@ def resnet_arguments(parser, steps, steps_help, repeats):
 
 def step_benchmark_parser(doc, repeats, minutes):
     """The parser of a benchmark that times training steps: `resnet_arguments` and --minutes."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=doc.split("\n\n")[0])
     resnet_arguments(parser, 1, "training steps per timed block", repeats=repeats)
     parser.add_argument("--minutes", type=float, default=minutes, help="time budget of the timed rounds")
     return parser

@@ -45,7 +45,7 @@ def logits_function(model):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     common.resnet_arguments(parser, 5, "forward passes per timed block", repeats=7)
     args = parser.parse_args(argv)
     watch = common.MachineWatch()

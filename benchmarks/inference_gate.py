@@ -140,7 +140,7 @@ def error_by_batch_size(gated, source):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="run folder of configs/cifar10-gate-rule.yaml")
     parser.add_argument("--data", help="CIFAR-10 folder (default: the run's data.dir)")
     parser.add_argument("--steps", type=int, nargs="+", help="checkpoints to judge (default: the config's "

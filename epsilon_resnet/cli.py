@@ -79,7 +79,7 @@ def add_common(parser):
 # ---- training --------------------------------------------------------------------------------
 def training_parser(description, batch_help):
     """The flags every training script shares."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     add_common(parser)
     parser.add_argument("-e", "--epsilon", type=float, help="ε of the strict-identity gates")
     parser.add_argument("-o", "--output", type=run_name, help="run name: everything goes to train_log.<output>/")
@@ -101,6 +101,9 @@ def training_parser(description, batch_help):
     parser.add_argument("--resume", action="store_true", help="continue the run folder's latest checkpoint (what "
                                                               "re-running the same command does), and fail if "
                                                               "there is none")
+    parser.add_argument("--eval", action="store_true", help="only evaluate the --load checkpoint: print its "
+                                                            "validation errors (top-1, and top-5 with more than 10 "
+                                                            "classes; writes nothing)")
     parser.add_argument("--keep-checkpoints", type=positive, metavar="K",
                         help="keep the last K checkpoints (default: the config's train.keep_checkpoints, 10; one "
                              "checkpoint every 30 minutes is kept as well)")
@@ -138,10 +141,19 @@ def resolve_config(args, dataset, data_options=None, **overrides):
     return config
 
 
+def parse_training_args(parser, argv):
+    args = parser.parse_args(argv)
+    if args.eval and not args.load:
+        parser.error("--eval needs --load CKPT, the checkpoint to evaluate")
+    return args
+
+
 def run_training(args, config, default_output):
-    """Train a config into train_log.<-o or default_output(config)>/."""
+    """Train a config into train_log.<-o or default_output(config)>/; with --eval, score the --load checkpoint."""
     from epsilon_resnet import training
 
+    if args.eval:
+        return score_checkpoint(config, args.load, replicas=len(distribute.parse_gpus(args.gpu or "0")))
     run_dir = run_folder.run_dir_of(args.output or default_output(config))
     training.train_and_evaluate(config, run_dir, load=args.load, resume=args.resume,
                                 strategy=distribute.make_strategy(args.cpu_replicas))
@@ -153,7 +165,7 @@ def cifar_main(argv=None):
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--cifar10", action="store_true", help="train on CIFAR-10 (the default)")
     which.add_argument("--cifar100", action="store_true", help="train on CIFAR-100")
-    args = parser.parse_args(argv)
+    args = parse_training_args(parser, argv)
     # With --config and no dataset flag, the config's own dataset stands.
     dataset = "cifar100" if args.cifar100 else "cifar10" if args.cifar10 or not args.config else None
     with command(args):
@@ -164,7 +176,7 @@ def cifar_main(argv=None):
 def svhn_main(argv=None):
     parser = training_parser("Train an ε-ResNet on SVHN (train + extra; validated on test).", PER_GPU_BATCH)
     add_num_units(parser)
-    args = parser.parse_args(argv)
+    args = parse_training_args(parser, argv)
     with command(args):
         config = resolve_config(args, "svhn", **{"model.n": args.num_units})
         run_training(args, config, lambda c: f"svhn-e_{c.model.epsilon:g}-n_{c.model.n}")
@@ -177,8 +189,6 @@ def imagenet_parser():
     parser.add_argument("-d", "--depth", type=int, choices=sorted(IMAGENET_DEPTHS),
                         help="ResNet depth (default: the config's, 18 as in the original)")
     parser.add_argument("--fake", action="store_true", help="random images instead of ImageNet, for benchmarking")
-    parser.add_argument("--eval", action="store_true", help="only evaluate the --load checkpoint: print its top-1 "
-                                                            "and top-5 validation error (writes nothing)")
     parser.add_argument("--cfg", help="evaluate the compressed network of this compressed_model_<step>.cfg "
                                       "(as imagenetCompressedResnet.py does)")
     parser.add_argument("--data_format", choices=sorted(DATA_FORMAT_FLAGS),
@@ -190,10 +200,7 @@ def imagenet_parser():
 
 
 def imagenet_main(argv=None):
-    parser = imagenet_parser()
-    args = parser.parse_args(argv)
-    if args.eval and not args.load:
-        parser.error("--eval needs --load CKPT, the checkpoint to evaluate")
+    args = parse_training_args(imagenet_parser(), argv)
     if args.cfg:
         return run_evaluation(args, IMAGENET_DATASETS)
     with command(args):
@@ -203,8 +210,6 @@ def imagenet_main(argv=None):
                                    "model.data_format": DATA_FORMAT_FLAGS.get(args.data_format)})
         if config.model.data_format == "channels_first":
             require_gpu_for_nchw()
-        if args.eval:
-            return score_checkpoint(config, args.load, replicas=len(distribute.parse_gpus(args.gpu or "0")))
         run_training(args, config, lambda c: f"imagenet-d_{c.model.depth}-e_{c.model.epsilon:g}")
 
 
@@ -226,7 +231,7 @@ def score_checkpoint(config, path, replicas):
     try:
         errors, what = scoring.score_checkpoint(config, path, replicas)
     except WeightsDoNotFit as err:
-        fail(f"{err}; -d must be the run's depth")
+        fail(f"{err}; {'-d' if config.model.depth else '-n'} must be the run's")
     print(what)
     print(f"top-1 error: {errors['val_error']:.6f}")
     if "val_error_top5" in errors:
@@ -237,7 +242,8 @@ def score_checkpoint(config, path, replicas):
 # ---- compression -----------------------------------------------------------------------------
 def compress_main(argv=None):
     parser = argparse.ArgumentParser(description="Compress an ε-ResNet run at a step: remove the blocks closed at "
-                                                 "inference, and check that the result computes the same logits.")
+                                                 "inference, and check that the result computes the same logits.",
+                                     allow_abbrev=False)
     parser.add_argument("--dir", required=True, help="the run folder train_log.<output>/, or a folder holding one")
     parser.add_argument("--step", type=int, required=True, help="global step of the checkpoint model-<step>")
     parser.add_argument("--check-batches", type=positive, metavar="K",
@@ -256,7 +262,7 @@ def compress_main(argv=None):
 
 
 def evaluation_parser(description, data_help="dataset folder (default: the one in the .cfg)"):
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     add_common(parser)
     parser.add_argument("--cfg", required=True, help="compressed_model_<step>.cfg written by compressModel.py")
     parser.add_argument("--data", help=data_help)

@@ -1,5 +1,5 @@
 """Scoring saved networks on their validation set: a training checkpoint with its run's
-config (imagenetEpsilonResnet.py --eval), and a compressed network from its .cfg (the
+config (the training scripts' --eval), and a compressed network from its .cfg (the
 *CompressedResnet.py scripts). Nothing is written: the folders are only read.
 """
 from epsilon_resnet import checkpoints, compressed_cfg, compression, data
@@ -13,14 +13,15 @@ def score_checkpoint(config, path, replicas=1):
     """(errors, a line naming the network and the data) of the config's network with a
     checkpoint's weights; a null eval batch is the training batch per GPU of `replicas` GPUs,
     as the original's --eval."""
+    depth = config.model.depth or 6 * config.model.n + 2  # ImageNet's, or CIFAR/SVHN's 6n+2
     try:
         source, model = checkpoints.load_network(config, path)
     except WeightsDoNotFit as err:
-        raise WeightsDoNotFit(f"{path} is not a checkpoint of this network (ResNet-{config.model.depth}, "
+        raise WeightsDoNotFit(f"{path} is not a checkpoint of this network (ResNet-{depth}, "
                               f"gated={config.model.gated}): {err}") from None
     errors = Evaluator(model)(source.eval_dataset(eval_batch_size(config.train, replicas)), config.train.eval_batches)
     epsilon = epsilon_of(model)
-    what = (f"{path}: ResNet-{config.model.depth}{'' if epsilon is None else f', ε {epsilon:g}'} on "
+    what = (f"{path}: ResNet-{depth}{'' if epsilon is None else f', ε {epsilon:g}'} on "
             f"{source.num_eval} {config.data.name} validation images")
     return errors, what
 

@@ -115,3 +115,20 @@ def side_position(structure):
     if structure.family == "cifar":
         return 1, units[1] // 2
     return 2, max(sum(units) // 2 - (units[0] + units[1]) - 1, 0)
+
+
+def training_bytes(structure, image_side, batch):
+    """A lower bound of the memory (bytes, float32) training the network on batches of `batch`
+    images of `image_side` pixels square needs: each kernel three times (weights, gradient,
+    momentum) and each convolution's input, which the backward pass keeps for its kernel's
+    gradient. Cheap, from the structure alone, so a network far too large is refused before
+    it is built."""
+    widths = STAGE_WIDTHS[structure.family]
+    side = image_side if structure.family == "cifar" else image_side // 4  # ImageNet: after the stride-4 stem
+    kernels = activations = 0
+    for stage, (width, units) in enumerate(zip(widths, structure.stage_units)):
+        area = max(side >> stage, 1) ** 2
+        # a block's convolutions: basic 3x3 C→C twice; bottleneck 1x1 4C→C, 3x3 C→C, 1x1 C→4C
+        kernels += units * (17 if structure.bottleneck else 18) * width * width
+        activations += units * (6 if structure.bottleneck else 2) * width * area
+    return 4 * (3 * kernels + batch * activations)

@@ -73,7 +73,7 @@ def write_results(results, results_dir, figures_dir):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m reproduction",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m reproduction",
                                      description="The CIFAR-10 reproduction: ε chosen on held-out images, plain "
                                                  "and ε-ResNet trained with several seeds, compressed, scored on "
                                                  "the test set; results as JSON and Markdown.")

@@ -27,13 +27,13 @@ def test_round_trip_through_yaml(tmp_path):
     ("train: {lr_schedule: [[0, 0.1], [0, 0.01]]}", "epochs must increase strictly"),
     ("train: {lr_schedule: [0.1]}", "list of [epoch, value] pairs"),
     ("train: {lr_schedule: [[0, 1e-1]]}", "YAML reads 1e-3 and 1.0e30 as strings"),
-    ("model: {n: 0}", "n must be >= 1 (depth 6n+2), got 0 (cifar10)"),
-    ("model: {epsilon: -1.0}", "ε must be a finite number >= 0"),
+    ("model: {n: 0}", "model.n must be >= 1 (or null), got 0"),
+    ("model: {epsilon: -1.0}", "model.epsilon must be >= 0, got -1.0"),
     ("data: {name: imagenet}", "model.depth is required"),
     ("model: [1, 2]", "section 'model' must be a mapping"),
     ("model: {n: 3", "not valid YAML"),
     ("train: {lr_schedule: [[0, null]]}", "pairs of numbers, got"),
-    ("model: {epsilon_schedule: [[0, 0.0], [150, -1.0]]}", "ε must be a finite number >= 0"),
+    ("model: {epsilon_schedule: [[0, 0.0], [150, -1.0]]}", "model.epsilon_schedule must be >= 0"),
 ])
 def test_malformed_config_names_the_problem(tmp_path, text, fragment):
     path = write(tmp_path, text)
