@@ -204,7 +204,7 @@ def imagenet_main(argv=None):
         if config.model.data_format == "channels_first":
             require_gpu_for_nchw()
         if args.eval:
-            return score_checkpoint(config, args.load, replicas=len(distribute.parse_gpus(args.gpu or "0")))
+            return score_checkpoint(config, args.load)
         run_training(args, config, lambda c: f"imagenet-d_{c.model.depth}-e_{c.model.epsilon:g}")
 
 
@@ -219,12 +219,12 @@ def require_gpu_for_nchw():
              "Use --data_format NHWC.")
 
 
-def score_checkpoint(config, path, replicas):
+def score_checkpoint(config, path):
     """--eval: print a checkpoint's validation errors."""
     from epsilon_resnet import scoring
 
     try:
-        errors, what = scoring.score_checkpoint(config, path, replicas)
+        errors, what = scoring.score_checkpoint(config, path)
     except WeightsDoNotFit as err:
         fail(f"{err}; -d must be the run's depth")
     print(what)
