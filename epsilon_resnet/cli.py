@@ -11,7 +11,7 @@ import sys
 
 from epsilon_resnet import console, data, distribute, run_folder
 from epsilon_resnet.errors import ConfigError, UserError, WeightsDoNotFit
-from epsilon_resnet.structures import DATA_FORMATS, GATE_INFERENCE_MODES, IMAGENET_DEPTHS
+from epsilon_resnet.structures import DATA_FORMATS, GATE_INFERENCE_MODES, GATE_SCOPES, IMAGENET_DEPTHS
 
 DATA_FORMAT_FLAGS = dict(zip(("NHWC", "NCHW"), DATA_FORMATS))  # the original's flag values
 IMAGENET_DATASETS = tuple(name for name in data.DATASETS if data.family_of(name) == "imagenet")
@@ -96,6 +96,10 @@ def training_parser(description, batch_help):
                         help="the gates at inference (val_error, --eval): stored, the decision training stored in "
                              "them (default), or per_batch, the original's decision on each evaluated batch "
                              "(val_error_per_batch records it anyway)")
+    parser.add_argument("--gate-scope", choices=GATE_SCOPES,
+                        help="over which images a training step's gates decide with several GPUs: global, the "
+                             "whole batch (default), or per_replica, each GPU's own share as the original's towers "
+                             "(the paper's ImageNet ε values were found so)")
     parser.add_argument("--cpu-replicas", type=positive, help="train on N logical CPU devices with MirroredStrategy "
                                                               "(the multi-GPU code path, on a machine without GPUs)")
     parser.add_argument("--resume", action="store_true", help="continue the run folder's latest checkpoint (what "
@@ -129,7 +133,7 @@ def resolve_config(args, dataset, data_options=None, **overrides):
              "train.max_epoch": args.max_epoch, "train.steps_per_epoch": args.steps_per_epoch,
              "train.batch_size": args.batch_size, "train.keep_checkpoints": args.keep_checkpoints,
              "train.keep_checkpoint_steps": args.keep_step, "train.eval_batches": args.eval_batches,
-             "model.gate_inference": args.gate_inference, **overrides}
+             "model.gate_inference": args.gate_inference, "model.gate_scope": args.gate_scope, **overrides}
     config = config_lib.replace(config, **{k: v for k, v in flags.items() if v is not None})
     if args.epsilon is not None and not config_lib.epsilon_is_used(config.model):
         raise ConfigError(f"-e {args.epsilon:g} would never be in force: model.epsilon_schedule "

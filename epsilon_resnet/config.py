@@ -12,7 +12,8 @@ import yaml
 
 from epsilon_resnet import data
 from epsilon_resnet.errors import ConfigError, DataError, FileError
-from epsilon_resnet.structures import BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, structure_for
+from epsilon_resnet.structures import (BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, GATE_SCOPES,
+                                       PRECISIONS, structure_for)
 
 
 @dataclasses.dataclass
@@ -35,6 +36,9 @@ class ModelConfig:
     side_loss_weight: float = 0.1
     gate_ema_decay: float = GATE_EMA_DECAY
     gate_inference: str = "stored"       # the gates at inference: stored (from training) or per_batch (the original)
+    # A training step's gate decides on the global batch (global), or on each replica's own share
+    # with replica 0's averages stored (per_replica, the original's per-GPU towers).
+    gate_scope: str = "global"
     data_format: str = "channels_last"   # or channels_first (NCHW): faster on GPUs; CPUs need NHWC
     batch_norm: str = "fused"            # TensorFlow's fused kernel, as tensorpack's; or keras (Keras' own layer)
 
@@ -67,7 +71,7 @@ class TrainConfig:
     keep_checkpoint_steps: list = dataclasses.field(default_factory=list)
     seed: typing.Optional[int] = None
     deterministic: bool = False          # tf.config.experimental.enable_op_determinism(); needs a seed
-    mixed_precision: bool = False
+    precision: str = "float32"           # or mixed_float16 (with loss scaling) or mixed_bfloat16
     jit_compile: bool = False
     skip_closed_backward: bool = True    # no backward pass through the branch of a closed block
     log_every: int = 1                   # steps between progress-bar updates
@@ -129,9 +133,25 @@ def build(cls, raw, source, section=None):
     return cls(**values)
 
 
+def read_mixed_precision(raw, source):
+    """The raw config with an earlier version's boolean train.mixed_precision read as
+    train.precision (true: mixed_float16), so that old run folders load and resume."""
+    train = raw.get("train") if isinstance(raw, dict) else None
+    if not isinstance(train, dict) or "mixed_precision" not in train:
+        return raw
+    train = dict(train)
+    mixed = train.pop("mixed_precision")
+    _check_type(f"{source}: train.mixed_precision", mixed, bool)
+    precision = "mixed_float16" if mixed else "float32"
+    if train.setdefault("precision", precision) != precision:
+        raise ConfigError(f"{source}: train.mixed_precision {mixed} contradicts train.precision "
+                          f"{train['precision']!r}; keep train.precision only")
+    return {**raw, "train": train}
+
+
 def from_dict(raw, source="config"):
     """Build a Config from nested dicts, naming any unknown key or mistyped value."""
-    config = build(Config, raw, source)
+    config = build(Config, read_mixed_precision(raw, source), source)
     validate(config, source)
     return config
 
@@ -199,6 +219,10 @@ def validate(config, source="config"):
     if config.model.data_format not in DATA_FORMATS:
         raise ConfigError(f"{source}: model.data_format must be one of {DATA_FORMATS}, "
                           f"got {config.model.data_format!r}")
+    if config.model.gate_scope not in GATE_SCOPES:
+        raise ConfigError(f"{source}: model.gate_scope must be one of {GATE_SCOPES}, got {config.model.gate_scope!r}")
+    if config.train.precision not in PRECISIONS:
+        raise ConfigError(f"{source}: train.precision must be one of {PRECISIONS}, got {config.train.precision!r}")
     if config.model.batch_norm not in BATCH_NORMS:
         raise ConfigError(f"{source}: model.batch_norm must be one of {BATCH_NORMS}, got {config.model.batch_norm!r}")
 
