@@ -67,6 +67,15 @@ def cross_replica(max_abs, mean_abs):
     return tf.reduce_max(stats[:, 0]), tf.reduce_mean(stats[:, 1])
 
 
+def replica_zero(values):
+    """Replica 0's float32 scalars `values`, on every replica (one all_gather), or `values`
+    themselves outside a strategy with several replicas."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return values
+    return tf.unstack(ctx.all_gather(tf.stack(values)[tf.newaxis], axis=0)[0], num=len(values))
+
+
 def branch_statistics(residual, training, scope="global"):
     """max |F| and (on training steps, for the monitor) mean |F|, in float32, over all replicas
     (scope "global") or over this replica's share of the batch ("per_replica").
@@ -184,12 +193,13 @@ class StrictIdentity(keras.layers.Layer):
     block has stayed closed for a few hundred steps, which is what the original's compression
     looked for.
 
-    Under a tf.distribute strategy the weights are updated with replica 0's values
-    (aggregation "only_first_replica"): with the gate scope "global" every replica holds the
-    same values anyway; with "per_replica" (`scope`, a training-step setting like
-    `skip_closed_backward`) each replica decides on its own share of the batch, as the
-    original's towers did, and the stored averages, hence the decision at inference, are
-    replica 0's, as the original's were tower 0's (docs/original.md §1).
+    Under a tf.distribute strategy every replica updates its own copy of the weights with the
+    same values: with the gate scope "global" every replica decides on the whole batch; with
+    "per_replica" (`scope`, a training-step setting like `skip_closed_backward`) each replica
+    decides on its own share of the batch, as the original's towers did, and the averages are
+    updated with replica 0's values (`replica_zero`), so the stored averages, hence the
+    learning-rate restarts and the decision at inference, are replica 0's, as the original's
+    were tower 0's (docs/original.md §1).
     """
 
     def __init__(self, epsilon=0.0, block=None, ema_decay=GATE_EMA_DECAY, inference="stored", **kwargs):
@@ -209,7 +219,7 @@ class StrictIdentity(keras.layers.Layer):
     def build(self, input_shape):
         def weight(name, initializer="zeros", dtype="float32"):
             return self.add_weight(shape=(), initializer=initializer, trainable=False, name=name, dtype=dtype,
-                                   autocast=False, aggregation="only_first_replica")
+                                   autocast=False)
 
         self.epsilon = weight("epsilon", keras.initializers.Constant(self.initial_epsilon))
         for stat in GATE_METRICS:
@@ -223,7 +233,8 @@ class StrictIdentity(keras.layers.Layer):
         max_abs, mean_abs = branch_statistics(residual, training, self.scope)
         gate = gate_is_open(max_abs, self.epsilon)
         if training:
-            self.update_monitors((1.0 - gate, max_abs, mean_abs))
+            values = (1.0 - gate, max_abs, mean_abs)
+            self.update_monitors(values if self.scope == "global" else replica_zero(values))
         if shortcut is None:
             return residual * tf.cast(gate, residual.dtype)
         if training and self.skip_closed_backward:

@@ -145,7 +145,7 @@ class Trainer:
         replicas = self.strategy.num_replicas_in_sync
         stats.update(cost=loss, wd_cost=wd_cost / replicas, stop_requests=tf.cast(stop, tf.float32))
         gates = gates_of(self.model)
-        if gates:  # replica 0's averages, held by every replica: sum, then divide
+        if gates:  # identical on every replica (global, or replica 0's per replica): sum, then divide
             stats["discarded_cnt"] = tf.add_n([tf.convert_to_tensor(g.is_discarded) for g in gates]) / replicas
         return stats
 
