@@ -182,7 +182,8 @@ def imagenet_parser():
                         help="ResNet depth (default: the config's, 18 as in the original)")
     parser.add_argument("--fake", action="store_true", help="random images instead of ImageNet, for benchmarking")
     parser.add_argument("--eval", action="store_true", help="only evaluate the --load checkpoint: print its top-1 "
-                                                            "and top-5 validation error (writes nothing)")
+                                                            "and top-5 validation error in batches of 128 as the "
+                                                            "original (or train.eval_batch_size; writes nothing)")
     parser.add_argument("--cfg", help="evaluate the compressed network of this compressed_model_<step>.cfg "
                                       "(as imagenetCompressedResnet.py does)")
     parser.add_argument("--data_format", choices=sorted(DATA_FORMAT_FLAGS),
