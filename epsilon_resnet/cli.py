@@ -11,7 +11,7 @@ import sys
 
 from epsilon_resnet import console, data, distribute, run_folder
 from epsilon_resnet.errors import ConfigError, UserError, WeightsDoNotFit
-from epsilon_resnet.structures import DATA_FORMATS, GATE_INFERENCE_MODES, IMAGENET_DEPTHS
+from epsilon_resnet.structures import DATA_FORMATS, GATE_INFERENCE_MODES, GATE_SCOPES, IMAGENET_DEPTHS
 
 DATA_FORMAT_FLAGS = dict(zip(("NHWC", "NCHW"), DATA_FORMATS))  # the original's flag values
 IMAGENET_DATASETS = tuple(name for name in data.DATASETS if data.family_of(name) == "imagenet")
@@ -96,6 +96,10 @@ def training_parser(description, batch_help):
                         help="the gates at inference (val_error, --eval): stored, the decision training stored in "
                              "them (default), or per_batch, the original's decision on each evaluated batch "
                              "(val_error_per_batch records it anyway)")
+    parser.add_argument("--gate-scope", choices=GATE_SCOPES,
+                        help="over which images a training step's gates decide with several GPUs: global, the "
+                             "whole batch (default), or per_replica, each GPU's own share as the original's towers "
+                             "(the paper's ImageNet ε values were found so)")
     parser.add_argument("--cpu-replicas", type=positive, help="train on N logical CPU devices with MirroredStrategy "
                                                               "(the multi-GPU code path, on a machine without GPUs)")
     parser.add_argument("--resume", action="store_true", help="continue the run folder's latest checkpoint (what "
@@ -103,7 +107,8 @@ def training_parser(description, batch_help):
                                                               "there is none")
     parser.add_argument("--eval", action="store_true", help="only evaluate the --load checkpoint: print its "
                                                             "validation errors (top-1, and top-5 with more than 10 "
-                                                            "classes; writes nothing)")
+                                                            "classes) in batches of 128 as the original (or "
+                                                            "train.eval_batch_size); writes nothing")
     parser.add_argument("--keep-checkpoints", type=positive, metavar="K",
                         help="keep the last K checkpoints (default: the config's train.keep_checkpoints, 10; one "
                              "checkpoint every 30 minutes is kept as well)")
@@ -132,7 +137,7 @@ def resolve_config(args, dataset, data_options=None, **overrides):
              "train.max_epoch": args.max_epoch, "train.steps_per_epoch": args.steps_per_epoch,
              "train.batch_size": args.batch_size, "train.keep_checkpoints": args.keep_checkpoints,
              "train.keep_checkpoint_steps": args.keep_step, "train.eval_batches": args.eval_batches,
-             "model.gate_inference": args.gate_inference, **overrides}
+             "model.gate_inference": args.gate_inference, "model.gate_scope": args.gate_scope, **overrides}
     config = config_lib.replace(config, **{k: v for k, v in flags.items() if v is not None})
     if args.epsilon is not None and not config_lib.epsilon_is_used(config.model):
         raise ConfigError(f"-e {args.epsilon:g} would never be in force: model.epsilon_schedule "
@@ -153,7 +158,7 @@ def run_training(args, config, default_output):
     from epsilon_resnet import training
 
     if args.eval:
-        return score_checkpoint(config, args.load, replicas=len(distribute.parse_gpus(args.gpu or "0")))
+        return score_checkpoint(config, args.load)
     run_dir = run_folder.run_dir_of(args.output or default_output(config))
     training.train_and_evaluate(config, run_dir, load=args.load, resume=args.resume,
                                 strategy=distribute.make_strategy(args.cpu_replicas))
@@ -224,12 +229,12 @@ def require_gpu_for_nchw():
              "Use --data_format NHWC.")
 
 
-def score_checkpoint(config, path, replicas):
+def score_checkpoint(config, path):
     """--eval: print a checkpoint's validation errors."""
     from epsilon_resnet import scoring
 
     try:
-        errors, what = scoring.score_checkpoint(config, path, replicas)
+        errors, what = scoring.score_checkpoint(config, path)
     except WeightsDoNotFit as err:
         fail(f"{err}; {'-d' if config.model.depth else '-n'} must be the run's")
     print(what)

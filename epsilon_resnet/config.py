@@ -14,8 +14,8 @@ import yaml
 
 from epsilon_resnet import data
 from epsilon_resnet.errors import ConfigError, DataError, FileError
-from epsilon_resnet.structures import (BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES,
-                                       IMAGENET_DEPTHS, structure_for)
+from epsilon_resnet.structures import (BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, GATE_SCOPES,
+                                       IMAGENET_DEPTHS, PRECISIONS, structure_for)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +85,9 @@ class ModelConfig:
     gate_ema_decay: float = within("[0, 1)", GATE_EMA_DECAY)
     # The gates at inference: stored (from training) or per_batch (the original).
     gate_inference: str = one_of(GATE_INFERENCE_MODES, "stored")
+    # A training step's gate decides on the global batch (global), or on each replica's own share
+    # with replica 0's averages stored (per_replica, the original's per-GPU towers).
+    gate_scope: str = one_of(GATE_SCOPES, "global")
     data_format: str = one_of(DATA_FORMATS, "channels_last")  # or channels_first (NCHW): faster on GPUs
     batch_norm: str = one_of(BATCH_NORMS, "fused")  # TensorFlow's fused kernel, as tensorpack's; or keras
 
@@ -117,7 +120,7 @@ class TrainConfig:
     keep_checkpoint_steps: list = within(">= 1", default_factory=list, each=int)
     seed: typing.Optional[int] = within(f"[0, {2 ** 32 - 1}]", None)  # NumPy's seeds
     deterministic: bool = False          # tf.config.experimental.enable_op_determinism(); needs a seed
-    mixed_precision: bool = False
+    precision: str = one_of(PRECISIONS, "float32")  # or mixed_float16 (with loss scaling) or mixed_bfloat16
     jit_compile: bool = False
     skip_closed_backward: bool = True    # no backward pass through the branch of a closed block
     log_every: int = within(">= 1", 1)  # steps between progress-bar updates
@@ -179,9 +182,25 @@ def build(cls, raw, source, section=None):
     return cls(**values)
 
 
+def read_mixed_precision(raw, source):
+    """The raw config with an earlier version's boolean train.mixed_precision read as
+    train.precision (true: mixed_float16), so that old run folders load and resume."""
+    train = raw.get("train") if isinstance(raw, dict) else None
+    if not isinstance(train, dict) or "mixed_precision" not in train:
+        return raw
+    train = dict(train)
+    mixed = train.pop("mixed_precision")
+    _check_type(f"{source}: train.mixed_precision", mixed, bool)
+    precision = "mixed_float16" if mixed else "float32"
+    if train.setdefault("precision", precision) != precision:
+        raise ConfigError(f"{source}: train.mixed_precision {mixed} contradicts train.precision "
+                          f"{train['precision']!r}; keep train.precision only")
+    return {**raw, "train": train}
+
+
 def from_dict(raw, source="config"):
     """Build a Config from nested dicts, naming any unknown key or mistyped value."""
-    config = build(Config, raw, source)
+    config = build(Config, read_mixed_precision(raw, source), source)
     validate(config, source)
     return config
 

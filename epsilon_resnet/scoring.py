@@ -6,23 +6,27 @@ from epsilon_resnet import checkpoints, compressed_cfg, compression, data
 from epsilon_resnet.errors import CompressionError, WeightsDoNotFit
 from epsilon_resnet.evaluation import Evaluator
 from epsilon_resnet.gate import epsilon_of
-from epsilon_resnet.training import eval_batch_size
+
+# The original's --eval set BATCH_SIZE = 128 whatever the GPUs (docs/original.md §10); training's
+# validation batch is another (training.eval_batch_size).
+EVAL_BATCH_SIZE = 128
 
 
-def score_checkpoint(config, path, replicas=1):
-    """(errors, a line naming the network and the data) of the config's network with a
-    checkpoint's weights; a null eval batch is the training batch per GPU of `replicas` GPUs,
-    as the original's --eval."""
+def score_checkpoint(config, path):
+    """(errors, a line naming the network, the data and the batch) of the config's network with
+    a checkpoint's weights, in batches of train.eval_batch_size, or when it is null of 128 as the
+    original's --eval; under the per-batch gate the batch decides which blocks close."""
     depth = config.model.depth or 6 * config.model.n + 2  # ImageNet's, or CIFAR/SVHN's 6n+2
     try:
         source, model = checkpoints.load_network(config, path)
     except WeightsDoNotFit as err:
         raise WeightsDoNotFit(f"{path} is not a checkpoint of this network (ResNet-{depth}, "
                               f"gated={config.model.gated}): {err}") from None
-    errors = Evaluator(model)(source.eval_dataset(eval_batch_size(config.train, replicas)), config.train.eval_batches)
+    batch = config.train.eval_batch_size or EVAL_BATCH_SIZE
+    errors = Evaluator(model)(source.eval_dataset(batch), config.train.eval_batches)
     epsilon = epsilon_of(model)
     what = (f"{path}: ResNet-{depth}{'' if epsilon is None else f', ε {epsilon:g}'} on "
-            f"{source.num_eval} {config.data.name} validation images")
+            f"{source.num_eval} {config.data.name} validation images in batches of {batch}")
     return errors, what
 
 

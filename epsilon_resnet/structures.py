@@ -22,6 +22,11 @@ BATCH_NORMS = ("fused", "keras")  # TensorFlow's fused kernel (batch_norm.py), o
 # batch as the original's did.
 GATE_EMA_DECAY = 0.95
 GATE_INFERENCE_MODES = ("stored", "per_batch")
+# Over which images a training step's gate decides (model.gate_scope): the global batch, all
+# replicas together, or each replica's own share, as the original's towers did.
+GATE_SCOPES = ("global", "per_replica")
+# train.precision: Keras' dtype policies the training runs under.
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 @dataclasses.dataclass(frozen=True)
 class Structure:

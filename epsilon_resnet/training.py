@@ -82,10 +82,16 @@ def eval_batch_size(train, replicas):
     return train.eval_batch_size or per_replica_batch(train, replicas)
 
 
+def loss_scaled(train):
+    """Whether the loss is scaled: under float16 only, whose range small gradients fall out of;
+    bfloat16 has float32's range."""
+    return train.precision == "mixed_float16"
+
+
 def build_optimizer(train, learning_rate):
-    """TF1's momentum rule (docs/original.md §4), loss-scaled under mixed precision."""
+    """TF1's momentum rule (docs/original.md §4), loss-scaled under float16."""
     optimizer = TF1Momentum(learning_rate, momentum=train.momentum, nesterov=train.nesterov)
-    return keras.optimizers.LossScaleOptimizer(optimizer) if train.mixed_precision else optimizer
+    return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaled(train) else optimizer
 
 
 class Trainer:
@@ -106,7 +112,7 @@ class Trainer:
         with self.strategy.scope():
             self.model = build_from_config(config.model, self.source)
             for gate in gates_of(self.model):
-                gate.skip_closed_backward = train.skip_closed_backward
+                gate.skip_closed_backward, gate.scope = train.skip_closed_backward, config.model.gate_scope
             self.optimizer = self.model.optimizer = build_optimizer(train, self.policy.lr_at(1))
             self.optimizer.build(self.model.trainable_variables)
             # The training stream's seed: train.seed, or one drawn when the run starts. Kept in
@@ -133,13 +139,13 @@ class Trainer:
                                                           train.weight_decay_rate, train.weight_decay_steps)
             wd_cost = losses.weight_decay_cost(kernels(self.model), coefficient)
             loss += tf.nn.scale_regularization_loss(wd_cost)
-            scaled = self.optimizer.scale_loss(loss) if train.mixed_precision else loss
+            scaled = self.optimizer.scale_loss(loss) if loss_scaled(train) else loss
         variables = self.model.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         replicas = self.strategy.num_replicas_in_sync
         stats.update(cost=loss, wd_cost=wd_cost / replicas, stop_requests=tf.cast(stop, tf.float32))
         gates = gates_of(self.model)
-        if gates:  # identical on every replica (one gate decision per global batch): sum, then divide
+        if gates:  # identical on every replica (global, or replica 0's per replica): sum, then divide
             stats["discarded_cnt"] = tf.add_n([tf.convert_to_tensor(g.is_discarded) for g in gates]) / replicas
         return stats
 

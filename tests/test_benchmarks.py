@@ -33,3 +33,16 @@ def test_benchmark_runs_with_tiny_settings(name, extra):
     assert run.returncode == 0, run.stderr[-3000:]
     assert ("ratio" in run.stdout or "CI" in run.stdout) and ("PASS" in run.stdout or "MISS" in run.stdout), run.stdout
     assert result_file_state(name) == before  # only a run with default arguments writes results/<name>.json
+
+
+@pytest.mark.slow
+def test_precision_benchmark_reports_its_ratio_and_the_kernels_that_ran():
+    """benchmarks.precision has no target: it prints the measured ratio, the CPU's bfloat16 and
+    AMX flags, and the convolution kernels of either precision."""
+    before = result_file_state("precision")
+    run = subprocess.run([sys.executable, "-m", "benchmarks.precision", *TINY, "--steps", "1"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "mixed_bfloat16/float32 = " in run.stdout and "AMX kernels ran: " in run.stdout, run.stdout
+    assert "mixed_bfloat16: convolution ops {" in run.stdout and "Conv2D" in run.stdout, run.stdout
+    assert result_file_state("precision") == before

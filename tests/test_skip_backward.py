@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def float32_afterwards():
-    """train.mixed_precision sets Keras' global policy for the process; restore it for later tests."""
+    """train.precision sets Keras' global policy for the process; restore it for later tests."""
     yield
     keras.mixed_precision.set_global_policy("float32")
 
@@ -133,7 +133,7 @@ def gate_decisions(path):
     return path.endswith(("_gate/is_discarded", "_gate/updates"))
 
 
-@pytest.mark.parametrize("train", [{}, pytest.param({"mixed_precision": True}, marks=pytest.mark.slow),
+@pytest.mark.parametrize("train", [{}, pytest.param({"precision": "mixed_float16"}, marks=pytest.mark.slow),
                                    pytest.param({"jit_compile": True}, marks=pytest.mark.slow)],
                          ids=["float32", "mixed-precision", "xla"])
 def test_weights_after_training_steps_equal_todays(float32_afterwards, train):
@@ -155,7 +155,7 @@ def test_a_mixed_precision_xla_step_equals_todays_to_float16_rounding(float32_af
     off without the skip (after 4 steps 1.3% and 1.8% of conv0's largest weight), so the
     comparison is of one step: weights, batch-norm statistics and momentum (the first
     gradient) within FLOAT16_ROUNDING of each variable's largest value."""
-    today, skipped = (train_steps(skip, 1, mixed_precision=True, jit_compile=True) for skip in (False, True))
+    today, skipped = (train_steps(skip, 1, precision="mixed_float16", jit_compile=True) for skip in (False, True))
     for path in today:
         if gate_decisions(path):
             assert skipped[path] == today[path], path
