@@ -81,8 +81,8 @@ def test_e_that_a_schedule_from_epoch_0_would_ignore_is_a_one_line_error(tmp_pat
 
 
 @pytest.mark.parametrize("text, fragment", [
-    ("train: {precision: float16}", "train.precision must be one of ('float32', 'mixed_float16', 'mixed_bfloat16')"),
-    ("model: {gate_scope: per_gpu}", "model.gate_scope must be one of ('global', 'per_replica')"),
+    ("train: {precision: float16}", "train.precision must be one of ['float32', 'mixed_float16', 'mixed_bfloat16']"),
+    ("model: {gate_scope: per_gpu}", "model.gate_scope must be one of ['global', 'per_replica']"),
     ("train: {mixed_precision: 1}", "train.mixed_precision must be bool"),
     ("train: {mixed_precision: true, precision: mixed_bfloat16}", "contradicts train.precision 'mixed_bfloat16'"),
 ])
