@@ -12,7 +12,7 @@ import yaml
 
 from epsilon_resnet import data
 from epsilon_resnet.errors import ConfigError, DataError, FileError
-from epsilon_resnet.structures import BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, structure_for
+from epsilon_resnet.structures import BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, architecture_for
 
 
 @dataclasses.dataclass
@@ -157,11 +157,11 @@ def _check_points(where, points, null_value=None):
 def validate(config, source="config"):
     """Cross-field checks that the type checks cannot express."""
     try:
-        imagenet = data.family_of(config.data.name) == "imagenet"
+        family = data.family_of(config.data.name)
     except DataError as err:
         raise ConfigError(f"{source}: data.name: {err}") from None
-    try:  # the network's size (n or depth), checked by the one that builds its structure
-        structure_for(config.model, "imagenet" if imagenet else "cifar")
+    try:  # the network's shape (n or depth), checked by the preset that makes its architecture
+        architecture_for(config.model, family)
     except ConfigError as err:
         raise ConfigError(f"{source}: {err} ({config.data.name})") from None
     if config.train.batch_size < 1 or config.train.max_epoch < 1:

@@ -6,6 +6,7 @@ from epsilon_resnet import checkpoints, compressed_cfg, compression, data
 from epsilon_resnet.errors import CompressionError, WeightsDoNotFit
 from epsilon_resnet.evaluation import Evaluator
 from epsilon_resnet.gate import epsilon_of
+from epsilon_resnet.structures import cifar_resnet
 from epsilon_resnet.training import eval_batch_size
 
 
@@ -27,13 +28,14 @@ def score_checkpoint(config, path, replicas=1):
 
 def load_compressed_for(cfg_path, datasets, size=None):
     """(CompressedSpec, network) of a .cfg, which must be of one of `datasets` and, when `size`
-    is given, pruned from a network of that n."""
+    is given, pruned from a network of that n (stages of n blocks each)."""
     spec = compressed_cfg.read(cfg_path)
     if spec.dataset not in datasets:
         raise CompressionError(f"{cfg_path} is a compressed {spec.dataset} network; `datasets` are "
                                f"{' or '.join(datasets)}")
-    if size is not None and size != spec.size:
-        raise CompressionError(f"{cfg_path} was pruned from a network with n = {spec.size}, not `size` {size}")
+    if size is not None and spec.architecture.stage_units != cifar_resnet(size).stage_units:
+        raise CompressionError(f"{cfg_path} was pruned from a network with {list(spec.architecture.stage_units)} "
+                               f"blocks per stage, not n = `size` {size}")
     return spec, compression.load_compressed(spec)
 
 
