@@ -33,9 +33,10 @@ def load_compressed_for(cfg_path, datasets, size=None):
     if spec.dataset not in datasets:
         raise CompressionError(f"{cfg_path} is a compressed {spec.dataset} network; `datasets` are "
                                f"{' or '.join(datasets)}")
-    if size is not None and spec.architecture.stage_units != cifar_resnet(size).stage_units:
-        raise CompressionError(f"{cfg_path} was pruned from a network with {list(spec.architecture.stage_units)} "
-                               f"blocks per stage, not n = `size` {size}")
+    units = spec.architecture.stage_units
+    if size is not None and units != cifar_resnet(size).stage_units:
+        pruned_from = f"n = {units[0]}" if len(set(units)) == 1 else f"{list(units)} blocks per stage"
+        raise CompressionError(f"{cfg_path} was pruned from a network with {pruned_from}, not `size` {size}")
     return spec, compression.load_compressed(spec)
 
 
