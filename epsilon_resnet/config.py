@@ -26,6 +26,7 @@ class DataConfig:
 class ModelConfig:
     n: typing.Optional[int] = 18         # CIFAR/SVHN: depth 6n+2
     depth: typing.Optional[int] = None   # ImageNet: 18, 34, 50, 101 or 152
+    width: int = 1                       # CIFAR/SVHN: stage widths 16k, 32k, 64k (n 2, width 4: WRN-16-4's shape)
     epsilon: float = 2.5
     # [[epoch, ε], ...]: ε from the epoch after that one on (tensorpack's timing); empty keeps `epsilon`,
     # and so does a point whose ε is null (the original's later schedule: [[0, 0.0], [150, null]]).

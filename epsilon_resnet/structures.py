@@ -209,13 +209,20 @@ IMAGENET_STEM = Stem(64, 7, stride=2, max_pool=True, normalization="per_channel"
 IMAGENET_WIDTHS = (64, 128, 256, 512)
 
 
-def cifar_resnet(n, *, gated=True, side_output=True, image_shape=(32, 32, 3)):
+def cifar_resnet(n, width=1, *, gated=True, side_output=True, image_shape=(32, 32, 3)):
     """The CIFAR/SVHN ResNet of depth 6n+2: stages of n basic blocks of widths 16, 32, 64,
-    parameter-free shortcuts, the side head after res2.{n//2} (docs/original.md §2-3)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"n must be a whole number >= 1 (depth 6n+2), got {n!r}")
-    return Architecture(CIFAR_STEM, CIFAR_WIDTHS, (n,) * 3, shortcut="pool_pad", gated=gated,
-                        side_head=(1, n // 2) if side_output else None, naming="res", image_shape=image_shape)
+    parameter-free shortcuts, the side head after res2.{n//2} (docs/original.md §2-3).
+
+    `width` k multiplies the stage widths, the stem keeping its 16 channels: the shape of
+    WRN-(6n+4)-k ("Wide Residual Networks", whose depth also counts 1×1 shortcut convolutions)
+    without dropout, with this network's parameter-free shortcuts; n = 2, k = 4 is WRN-16-4's.
+    """
+    for name, value, meaning in (("n", n, " (depth 6n+2)"), ("width", width, " (stage widths 16k, 32k, 64k)")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be >= 1{meaning}, got {value!r}")
+    return Architecture(CIFAR_STEM, tuple(width * w for w in CIFAR_WIDTHS), (n,) * 3, shortcut="pool_pad",
+                        gated=gated, side_head=(1, n // 2) if side_output else None, naming="res",
+                        image_shape=image_shape)
 
 
 def imagenet_resnet(depth, *, gated=True, side_output=True, image_shape=(224, 224, 3)):
@@ -236,16 +243,19 @@ def imagenet_resnet(depth, *, gated=True, side_output=True, image_shape=(224, 22
 
 
 def architecture_for(model_config, family, image_shape=None):
-    """The full network a ModelConfig describes for a dataset family ("cifar": model.n,
-    "imagenet": model.depth), for images of `image_shape` (None: the family's usual size)."""
+    """The full network a ModelConfig describes for a dataset family ("cifar": model.n and
+    model.width, "imagenet": model.depth), for images of `image_shape` (None: the family's usual size)."""
     shape = {} if image_shape is None else {"image_shape": tuple(image_shape)}
     common = dict(gated=model_config.gated, side_output=model_config.side_output, **shape)
     if family == "cifar":
         if model_config.n is None:
             raise ConfigError("model.n is required for a CIFAR/SVHN network (depth 6n+2)")
-        return cifar_resnet(model_config.n, **common)
+        return cifar_resnet(model_config.n, model_config.width, **common)
     if family == "imagenet":
         if model_config.depth is None:
             raise ConfigError(f"model.depth is required for an ImageNet network ({sorted(IMAGENET_DEPTHS)})")
+        if model_config.width != 1:
+            raise ConfigError(f"model.width widens the CIFAR/SVHN networks; an ImageNet network has width 1, "
+                              f"got {model_config.width!r}")
         return imagenet_resnet(model_config.depth, **common)
     raise ConfigError(f"family must be one of {FAMILIES}, got {family!r}")

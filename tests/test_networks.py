@@ -16,18 +16,19 @@ from epsilon_resnet.networks import build_from_config, build_resnet, network_par
 from epsilon_resnet.structures import Architecture, Stem, architecture_for, cifar_resnet, imagenet_resnet
 
 
-def expected_trainable_params(n, num_classes, side):
-    """Count the CIFAR network of docs/original.md §3 by hand: 3×3 convs without bias, BN γ/β, dense with bias."""
+def expected_trainable_params(n, num_classes, side, k=1):
+    """Count the CIFAR network of docs/original.md §3 by hand: 3×3 convs without bias, BN γ/β, dense with bias;
+    its stage widths times k (the stem keeps 16 channels; the shortcuts have no parameters)."""
     count = 3 * 3 * 3 * 16 + 2 * 16  # conv0 + its BN
     in_width = 16
-    for stage, width in enumerate((16, 32, 64)):
+    for stage, width in enumerate((16 * k, 32 * k, 64 * k)):
         for block in range(n):
             preact = 0 if (stage, block) == (0, 0) else 2 * in_width  # res1.0 has no pre-activation
             count += preact + 9 * in_width * width + 2 * width + 9 * width * width
             in_width = width
-    count += 2 * 64 + 64 * num_classes + num_classes  # bnlast + linear
+    count += 2 * 64 * k + 64 * k * num_classes + num_classes  # bnlast + linear
     if side:
-        count += 2 * 32 + 32 * num_classes + num_classes
+        count += 2 * 32 * k + 32 * k * num_classes + num_classes
     return count
 
 
