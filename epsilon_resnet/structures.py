@@ -31,16 +31,16 @@ NAMINGS = ("res", "group")  # blocks named res{stage+1}.{k} (the CIFAR/SVHN scri
 BOTTLENECK_EXPANSION = 4    # a bottleneck block outputs 4× its stage width
 
 
-def _whole(name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+def _whole(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
     return value
 
 
-def _whole_numbers(name, values, low=1):
+def _whole_numbers(name, values):
     if not isinstance(values, (list, tuple)) or not values:
-        raise ValueError(f"{name} must be a non-empty list of whole numbers >= {low}, got {values!r}")
-    return tuple(_whole(f"{name}[{i}]", v, low) for i, v in enumerate(values))
+        raise ValueError(f"{name} must be a non-empty list of whole numbers >= 1, got {values!r}")
+    return tuple(_whole(f"{name}[{i}]", v) for i, v in enumerate(values))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +69,9 @@ class Architecture:
     .cfg records and the counts read.
 
     Stage s has `stage_units[s]` blocks k = 0, 1, ... of branch width `stage_widths[s]`
-    (a bottleneck block outputs BOTTLENECK_EXPANSION times it); block 0 of every stage but the
-    first halves the image and reaches the new width by the `shortcut` rule. `gated`: every
+    (a bottleneck block outputs BOTTLENECK_EXPANSION times it); each stage's block 0 reaches
+    the stage's width (and, after the first stage, halves the image) by the `shortcut` rule,
+    an identity where nothing changes. `gated`: every
     block ends in a strict-identity gate. `side_head`: the (stage, block) whose output feeds
     the side head, or None. `removed_blocks`: blocks compression took out (by name); a removed
     block 0 leaves its shortcut path, so the network still downsamples as the gated one did.
