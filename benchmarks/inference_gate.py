@@ -40,7 +40,7 @@ from epsilon_resnet import checkpoints, compression, run_folder  # noqa: E402
 from epsilon_resnet.evaluation import Evaluator  # noqa: E402
 from epsilon_resnet.gate import gate_is_open, gates_of, per_batch_inference, residual_input  # noqa: E402
 from epsilon_resnet.run_folder import read_metrics  # noqa: E402
-from epsilon_resnet.structures import structure_for  # noqa: E402
+from epsilon_resnet.structures import architecture_for  # noqa: E402
 
 RESULTS = os.path.join(provenance.REPO, "benchmarks", "results", "inference_gate.json")
 BATCH_SIZES = (1, 10, 128)
@@ -110,10 +110,10 @@ def judge_step(run_dir, config, step, data_dir):
 
     reference, labels = predictions(per_batch, source.eval_dataset(JUDGED_AT))
     decisions, averages = candidates(gated, source, config, step)
-    structure = structure_for(config.model, source.family)
+    architecture = architecture_for(config.model, source.family, source.image_shape)
     judged = {}
     for name, closed in decisions.items():
-        compressed, _, _ = compression.compress_model(gated, structure, closed)
+        compressed, _ = compression.compress_model(gated, architecture, closed)
         predicted, _ = predictions(tf.function(lambda x, m=compressed: m(x, training=False)["logits"]),
                                    source.eval_dataset(JUDGED_AT))
         error = float(np.mean(predicted != labels))

@@ -13,9 +13,9 @@ import typing
 import yaml
 
 from epsilon_resnet import data
-from epsilon_resnet.errors import ConfigError, DataError, FileError
+from epsilon_resnet.errors import ConfigError, FileError
 from epsilon_resnet.structures import (BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, GATE_SCOPES,
-                                       IMAGENET_DEPTHS, PRECISIONS, structure_for)
+                                       IMAGENET_DEPTHS, PRECISIONS, architecture_for)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,7 @@ class DataConfig:
 class ModelConfig:
     n: typing.Optional[int] = within(">= 1", 18)  # CIFAR/SVHN: depth 6n+2
     depth: typing.Optional[int] = one_of(IMAGENET_DEPTHS, None)  # ImageNet: 18, 34, 50, 101 or 152
+    width: int = within(">= 1", 1)  # CIFAR/SVHN: stage widths 16k, 32k, 64k (n 2, width 4: WRN-16-4's shape)
     epsilon: float = within(">= 0", 2.5)  # a block is discarded when every |F| <= ε
     # [[epoch, ε], ...]: ε from the epoch after that one on (tensorpack's timing); empty keeps `epsilon`,
     # and so does a point whose ε is null (the original's later schedule: [[0, 0.0], [150, null]]).
@@ -258,9 +259,8 @@ def validate(config, source="config"):
         values = getattr(config, section.name)
         for field in dataclasses.fields(values):
             _check_field(f"{source}: {section.name}.{field.name}", getattr(values, field.name), field)
-    imagenet = data.family_of(config.data.name) == "imagenet"
-    try:  # the network's size (n or depth), checked by the one that builds its structure
-        structure_for(config.model, "imagenet" if imagenet else "cifar")
+    try:  # the network's shape (n or depth), checked by the preset that makes its architecture
+        architecture_for(config.model, data.family_of(config.data.name))
     except ConfigError as err:
         raise ConfigError(f"{source}: {err} ({config.data.name})") from None
     if config.train.deterministic and config.train.seed is None:

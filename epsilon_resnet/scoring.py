@@ -6,6 +6,7 @@ from epsilon_resnet import checkpoints, compressed_cfg, compression, data
 from epsilon_resnet.errors import CompressionError, WeightsDoNotFit
 from epsilon_resnet.evaluation import Evaluator
 from epsilon_resnet.gate import epsilon_of
+from epsilon_resnet.structures import cifar_resnet
 
 # The original's --eval set BATCH_SIZE = 128 whatever the GPUs (docs/original.md §10); training's
 # validation batch is another (training.eval_batch_size).
@@ -32,13 +33,15 @@ def score_checkpoint(config, path):
 
 def load_compressed_for(cfg_path, datasets, size=None):
     """(CompressedSpec, network) of a .cfg, which must be of one of `datasets` and, when `size`
-    is given, pruned from a network of that n."""
+    is given, pruned from a network of that n (stages of n blocks each)."""
     spec = compressed_cfg.read(cfg_path)
     if spec.dataset not in datasets:
         raise CompressionError(f"{cfg_path} is a compressed {spec.dataset} network; `datasets` are "
                                f"{' or '.join(datasets)}")
-    if size is not None and size != spec.size:
-        raise CompressionError(f"{cfg_path} was pruned from a network with n = {spec.size}, not `size` {size}")
+    units = spec.architecture.stage_units
+    if size is not None and units != cifar_resnet(size).stage_units:
+        pruned_from = f"n = {units[0]}" if len(set(units)) == 1 else f"{list(units)} blocks per stage"
+        raise CompressionError(f"{cfg_path} was pruned from a network with {pruned_from}, not `size` {size}")
     return spec, compression.load_compressed(spec)
 
 

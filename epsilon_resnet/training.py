@@ -369,14 +369,14 @@ def _start_point(run_dir, load, resume):
 def check_fits_in_memory(config, source, replicas):
     """Refuse a network whose training cannot fit in this machine's memory, before it is built
     (a huge -n would hang building the graph)."""
-    structure = structures.structure_for(config.model, data.family_of(config.data.name))
+    architecture = structures.architecture_for(config.model, source.family, source.image_shape)
     batch = per_replica_batch(config.train, replicas)
-    needed = structures.training_bytes(structure, source.image_shape[0], batch)
+    needed = structures.training_bytes(architecture, source.image_shape[0], batch)
     available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if needed > available:
-        raise ConfigError(f"the network of {structure.gated_blocks} residual blocks needs at least "
+        raise ConfigError(f"the network of {architecture.gated_blocks} residual blocks needs at least "
                           f"{needed / 2 ** 30:,.1f} GiB to train on batches of {batch} images (an estimate from "
-                          f"its structure: kernels, their gradients and momentum, and every convolution's input), "
+                          f"its architecture: kernels, their gradients and momentum, and every convolution's input), "
                           f"more than the {available / 2 ** 30:,.1f} GiB of memory of this machine; choose a "
                           f"smaller network or batch")
 

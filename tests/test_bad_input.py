@@ -64,8 +64,8 @@ def test_an_edited_cfg_is_refused_in_one_short_line(compressed, tmp_path, capsys
     run_dir = copy_run(compressed, tmp_path)
     cfg = run_dir / "compressed_model_3.cfg"
     text = cfg.read_text()
-    assert "first_block_kept: [false, false, false]" in text and "eval_batch_size: 8" in text
-    cfg.write_text(text.replace("first_block_kept: [false, false, false]", "first_block_kept: [true, false, false]"))
+    assert "removed_blocks: [res1.0, res2.0, res3.0]" in text and "eval_batch_size: 8" in text
+    cfg.write_text(text.replace("removed_blocks: [res1.0, res2.0, res3.0]", "removed_blocks: [res2.0, res3.0]"))
     # The weights no longer fit: TensorFlow's list of unmatched variables, names only.
     assert evaluate("--cfg", cfg) == 1
     err = one_line_error(capsys)

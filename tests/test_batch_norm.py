@@ -11,7 +11,7 @@ import tensorflow as tf
 from epsilon_resnet import batch_norm
 from epsilon_resnet.batch_norm import FusedBatchNormalization
 from epsilon_resnet.networks import build_resnet
-from epsilon_resnet.structures import cifar_structure
+from epsilon_resnet.structures import cifar_resnet
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_the_layer_serialises_and_refuses_what_the_kernel_cannot_take(tmp_path):
 
 def test_networks_of_either_kind_restore_each_others_checkpoints(tmp_path):
     images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3)).astype(np.float32)
-    networks = {kind: build_resnet(cifar_structure(1), 10, epsilon=1.0, batch_norm_kind=kind)
+    networks = {kind: build_resnet(cifar_resnet(1), 10, epsilon=1.0, batch_norm_kind=kind)
                 for kind in ("keras", "fused")}
     keras_net, fused_net = networks["keras"], networks["fused"]
     for _ in range(2):

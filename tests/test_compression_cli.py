@@ -60,7 +60,8 @@ def test_compress_evaluate_and_export_reproduce_the_gated_network(trained, tmp_p
                                                 f"compressed_model_{step}.index"]
     cfg_path = run_dir / f"compressed_model_{step}.cfg"
     spec = compressed_cfg.read(str(cfg_path))
-    assert spec.structure.stage_units == (1, 1, 1) and spec.structure.first_block_kept == (False,) * 3
+    assert spec.architecture.units() == [(0, 0), (1, 0), (2, 0)]
+    assert spec.discarded_blocks == ("res1.0", "res2.0", "res3.0")
 
     # A second compression of the same step is refused and changes nothing.
     assert exit_code(compress_main, "--dir", run_dir, "--step", step) == 1
@@ -103,7 +104,8 @@ def test_a_short_all_closed_run_compresses_to_the_network_its_val_error_scored(t
     found = re.search(r"logits equal .*error gated (\S+), compressed (\S+)", out)
     assert found.group(1) == found.group(2) == f"{record['val_error']:.4f}"
     spec = compressed_cfg.read(str(run_dir / "compressed_model_10.cfg"))
-    assert spec.structure.stage_units == (1, 1, 1) and spec.structure.first_block_kept == (False,) * 3
+    assert spec.architecture.units() == [(0, 0), (1, 0), (2, 0)]
+    assert spec.discarded_blocks == ("res1.0", "res2.0", "res3.0")
 
 
 def test_the_evaluation_scripts_take_the_original_flags(trained, tmp_path, monkeypatch, capsys):

@@ -25,7 +25,7 @@ PER_REPLICA = textwrap.dedent('''
     from epsilon_resnet.gate import StrictIdentity, gates_of
     from epsilon_resnet.networks import build_resnet
     from epsilon_resnet.run_folder import GATE_METRICS as MONITORED
-    from epsilon_resnet.structures import cifar_structure
+    from epsilon_resnet.structures import cifar_resnet
 
     strategy = distribute.make_strategy(cpu_replicas=2)
     split = lambda array: strategy.experimental_distribute_values_from_function(
@@ -58,9 +58,9 @@ PER_REPLICA = textwrap.dedent('''
     images = np.random.default_rng(1).integers(0, 256, (4, 16, 16, 3)).astype(np.float32)
     labels = np.array([1, 2, 3, 4], np.int32)
     keras.utils.set_random_seed(0)
-    single = build_resnet(cifar_structure(1), 10, image_shape=(16, 16, 3), side_output=False)
+    single = build_resnet(cifar_resnet(1, side_output=False, image_shape=(16, 16, 3)), 10)
     with strategy.scope():
-        replicated = build_resnet(cifar_structure(1), 10, image_shape=(16, 16, 3), side_output=False)
+        replicated = build_resnet(cifar_resnet(1, side_output=False, image_shape=(16, 16, 3)), 10)
     replicated.set_weights(single.get_weights())
     for gate in gates_of(single) + gates_of(replicated):
         gate.ema_decay = 0.0

@@ -10,7 +10,7 @@ from epsilon_resnet import gate
 from epsilon_resnet.gate import StrictIdentity, gates_of
 from epsilon_resnet.run_folder import GATE_METRICS as MONITORED
 from epsilon_resnet.networks import ChannelPad, PixelNormalization, build_resnet
-from epsilon_resnet.structures import cifar_structure
+from epsilon_resnet.structures import cifar_resnet
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -39,7 +39,7 @@ def mixed_gates_model():
     a batch, after a few training-mode passes (so the moving averages and BN statistics are not
     at their start); the gates closed on the batch are closed at inference too (is_discarded)."""
     keras.utils.set_random_seed(1)
-    model = build_resnet(cifar_structure(2), 10, epsilon=0.0, pixel_mean=125.0, pixel_scale=1 / 128)
+    model = build_resnet(cifar_resnet(2), 10, epsilon=0.0, pixel_mean=125.0, pixel_scale=1 / 128)
     for seed in range(3):
         model(images(seed), training=True)
     batch = images(0)

@@ -118,17 +118,16 @@ FAKE_COMPRESS = textwrap.dedent('''
     import argparse, os
     from epsilon_resnet import compressed_cfg, run_folder
     from epsilon_resnet.compressed_cfg import CompressedSpec
-    from epsilon_resnet.structures import Structure
+    from epsilon_resnet.structures import cifar_resnet
     p = argparse.ArgumentParser(); p.add_argument("--dir"); p.add_argument("--step", type=int); p.add_argument("--data")
     a = p.parse_args()
     last = run_folder.read_metrics(a.dir)[-1]
     closed = run_folder.block_metrics(last, run_folder.IS_DISCARDED)
     blocks = [block for block, value in closed.items() if value == 1.0]
     flickers = last["epsilon"] == 3.0  # and its evaluation scores 0.001 worse than the gated network
-    kept = Structure("cifar", (1, 1, 1), [f"res{s}.0" not in blocks for s in (1, 2, 3)])
+    kept = cifar_resnet(1).compressed(blocks)
     spec = CompressedSpec(
-        "cifar10", 1, kept, 10, (32, 32, 3), run_folder.compressed_name(a.step), step=a.step,
-        epsilon=last["epsilon"], discarded_blocks=tuple(blocks),
+        "cifar10", kept, 10, run_folder.compressed_name(a.step), step=a.step, epsilon=last["epsilon"],
         flickering_blocks=({"block": "res1.0", "closed_rate": 0.95, "closed_at_inference": True},) if flickers else (),
         check={"images": 10000, "max_abs_logit_difference": 0.5 if flickers else 0.0, "logit_tolerance": 1e-4,
                "logits_equal": not flickers, "gated_error": last["val_error"],
