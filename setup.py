@@ -26,5 +26,6 @@ setup(
     extras_require={
         "test": ["pytest"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
+        "export": ["tf2onnx", "onnx", "onnxruntime", "ai-edge-litert"],
     },
 )

@@ -411,7 +411,7 @@ def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(RunError, match="not an empty folder"):
-        export.export_saved_model(model, str(tmp_path / "full"))
+        export.export(model, str(tmp_path / "full"))
     assert os.listdir(tmp_path / "full") == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["full"]
 
 
