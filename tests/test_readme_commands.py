@@ -36,3 +36,11 @@ def test_a_loaded_checkpoint_s_folder_is_one_that_a_command_before_it_creates(mo
         else:
             MAINS[os.path.basename(argv[1])](flags)
     assert loads and "train_log.imagenet-d_101-e_2" in created
+
+
+def test_ci_installs_what_the_readme_installs_export_included():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        install = next(line.split("#", 1)[0].strip() for line in f if line.startswith("pip install"))
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        assert install in [line.strip() for line in f]
+    assert install == 'pip install -e ".[test,export]"'
