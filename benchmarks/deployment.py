@@ -52,6 +52,7 @@ BATCHES = (1, 32)
 KEPT_RUNS = os.path.join("reproduction", "results", "networks", "final-eps7.5-s1*")
 README_MARKERS = ("<!-- deployment: begin -->", "<!-- deployment: end -->")
 MARGIN, INT8_POINTS, INT8_SPEEDUP, DEPLOYED_SPEEDUP = 0.10, 1.0, 1.5, 30.0
+TIMED_CALIBRATION = 100  # training images calibrating the timed (random-weight) networks' int8 files
 PACKAGES = ("tensorflow", "keras", "onnxruntime", "ai-edge-litert", "tf2onnx", "onnx")
 
 
@@ -83,10 +84,12 @@ def file_size(path):
 
 
 def export_all(network, folder, check_batches, calibration):
-    """Export to every format and int8; {(format, quantize, dtype): check result}."""
-    _, report, _ = export.export(network, os.path.join(folder, "float"), export.FORMATS, check_batches)
+    """Export to every format and int8, float32 input (uint8 files differ by a cast);
+    {(format, quantize, "float32"): check result}."""
+    _, report, _ = export.export(network, os.path.join(folder, "float"), export.FORMATS, check_batches,
+                                 dtypes=("float32",))
     _, int8, _ = export.export(network, os.path.join(folder, "int8"), ("litert",), check_batches, "int8",
-                               calibration)
+                               calibration, dtypes=("float32",))
     return {**report, **int8}
 
 
@@ -269,7 +272,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="deployment-") as folder:
         accuracy = kept_accuracy(args.runs, args.cifar_data, folder) if args.runs else {}
         networks = timed_networks(args.n, cifar.pixel_mean)
-        calibration = export.calibration_from(cifar)
+        calibration = export.calibration_from(cifar, count=TIMED_CALIBRATION)  # random weights: for timing only
         check = [(common.random_cifar_batch(32, seed=5)[0].astype(np.float32), None)]
         runs, sizes, costs = {}, {}, {}
         for name, (network, _) in networks.items():
@@ -303,7 +306,8 @@ def main(argv=None):
               "seconds_per_image": {key: float(np.median(values)) for key, values in per_image.items()},
               "calls_per_block": {" ".join((n, r, f"batch {b}")): calls for (n, r, b), (_, calls) in blocks.items()},
               "rounds": len(next(iter(times.values()))), "ratios": ratios, "file_sizes": sizes,
-              "accuracy": accuracy, "calibration_images": len(calibration.record["indices"]),
+              "accuracy": accuracy, "timed_calibration_images": len(calibration.record["indices"]),
+              "kept_calibration_images": export.CALIBRATION_IMAGES,
               "runtime_versions": {p: importlib.metadata.version(p) for p in PACKAGES}}
     result["targets"] = judge(result)
     for target in result["targets"]:

@@ -144,14 +144,14 @@ def write_file(network, fmt, dtype, path, calibration=None):
                                             input_signature=signature(network, dtype), **options)
 
 
-def write_entry(network, folder, fmt, quantize=None, calibration=None):
-    """Write a format's entry into `folder`; returns {input dtype or None: path}."""
+def write_entry(network, folder, fmt, quantize=None, calibration=None, dtypes=INPUT_DTYPES):
+    """Write a format's entry into `folder`, for each input dtype; returns {input dtype: path}."""
     path = os.path.join(folder, entry_name(fmt, quantize))
     if fmt == "saved_model":
         write_saved_model(network, path)
-        return {dtype: path for dtype in INPUT_DTYPES}
+        return {dtype: path for dtype in dtypes}
     os.makedirs(path)
-    files = {dtype: os.path.join(path, dtype + EXTENSIONS[fmt]) for dtype in INPUT_DTYPES}
+    files = {dtype: os.path.join(path, dtype + EXTENSIONS[fmt]) for dtype in dtypes}
     for dtype, file in files.items():
         write_file(network, fmt, dtype, file, calibration if quantize else None)
     if quantize:
@@ -194,16 +194,18 @@ def check_files(network, files, batches):
     difference|, the tolerance, whether it passes and the error (None without labels)."""
     from epsilon_resnet import compression
 
-    runners = {key: load_runner(key[0], path, key[2]) for key, path in files.items()}
+    runners = {key: load_runner(key[0], path, key[2], threads=os.cpu_count()) for key, path in files.items()}
     stats = {key: {"max_diff": 0.0, "largest": 0.0, "wrong": 0, "images": 0} for key in files}
     reference_wrong, labelled = 0, True
     for images, labels in batches:
         images = np.asarray(images, np.float32)
         labelled = labelled and labels is not None
-        reference = {}
-        for dtype in INPUT_DTYPES:
-            pixels = as_dtype(images, dtype)
-            reference[dtype] = (pixels, network(pixels.astype(np.float32), training=False).numpy())
+        reference = {"float32": (images, network(images, training=False).numpy())}
+        if any(key[2] == "uint8" for key in files):
+            pixels = as_dtype(images, "uint8")
+            same = np.array_equal(pixels, images)  # whole pixel values, as CIFAR's: the same logits
+            reference["uint8"] = (pixels, reference["float32"][1] if same else
+                                  network(pixels.astype(np.float32), training=False).numpy())
         if labelled:
             reference_wrong += int(np.sum(reference["float32"][1].argmax(-1) != np.asarray(labels)))
         for key, run in runners.items():
@@ -240,12 +242,14 @@ def describe(key, result):
     return line
 
 
-def export(model, export_dir, formats=("saved_model",), check_batches=(), quantize=None, calibration=None):
+def export(model, export_dir, formats=("saved_model",), check_batches=(), quantize=None, calibration=None,
+           dtypes=INPUT_DTYPES):
     """Write `model` (a functional Keras model whose output is its logits, or a dict holding
     them: this package's networks, or any plain model such as pruning.without_closed_blocks
     returns) into the new folder `export_dir` in each format, check every file in its runtime
     on `check_batches` ((float32 images 0..255, labels or None) batches) and keep the folder only
-    if every float file matches. int8 (`quantize`, LiteRT) needs a `Calibration`.
+    if every float file matches. int8 (`quantize`, LiteRT) needs a `Calibration`. dtypes: the
+    input dtypes to write files for (both by default).
 
     Returns (absolute path, {(format, quantize, dtype): check result}, [one line per file]).
     """
@@ -260,7 +264,7 @@ def export(model, export_dir, formats=("saved_model",), check_batches=(), quanti
     try:
         files = {}
         for fmt, q in wanted:
-            for dtype, path in write_entry(network, folder, fmt, q, calibration).items():
+            for dtype, path in write_entry(network, folder, fmt, q, calibration, dtypes).items():
                 files[(fmt, q, dtype)] = path
         report = check_files(network, files, check_batches)
         if not report or not next(iter(report.values()))["images"]:

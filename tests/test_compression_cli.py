@@ -184,3 +184,14 @@ def test_a_run_trained_with_a_relative_data_folder_compresses_from_another_folde
     assert config_lib.load(str(work / "train_log.rel" / "config.yaml")).data.dir == os.path.abspath(tiny_cifar)
     monkeypatch.chdir(elsewhere)  # where `relative` leads nowhere
     assert exit_code(compress_main, "--dir", work / "train_log.rel", "--step", 3, "--check-batches", 1) == 0
+
+
+def test_export_flags_that_do_not_fit_are_refused_before_anything_runs(tmp_path, capsys):
+    cfg = tmp_path / "missing.cfg"
+    assert exit_code(cifar_compressed_main, "--cfg", cfg, "--format", "onnx") == 1
+    assert capsys.readouterr().err == "error: --format and --quantize say what --export DIR writes: add --export DIR\n"
+    assert exit_code(cifar_compressed_main, "--cfg", cfg, "--export", tmp_path / "x", "--format", "onnx",
+                     "--quantize", "int8") == 1
+    assert capsys.readouterr().err == "error: --quantize 'int8': only int8, and only with the litert format\n"
+    assert exit_code(imagenet_main, "--export", tmp_path / "x") == 2  # a usage error: it goes with --cfg
+    assert "they go with --cfg" in capsys.readouterr().err and os.listdir(tmp_path) == []
