@@ -24,7 +24,7 @@ Targets (judged on the whole interval):
 4. compressed (83%) int8 LiteRT at batch 1 answers at least 30x as fast as the full float32
    network through model.predict.
 
-    python -m benchmarks.deployment [--minutes 6]; then --render README.md puts the table there
+    python -m benchmarks.deployment [--minutes 5]; then --render README.md puts the table there
 """
 import argparse
 import glob
@@ -255,7 +255,7 @@ def render_markdown(result):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=18, help="CIFAR ResNet depth 6n+2 of the timed networks (18: ResNet-110)")
-    parser.add_argument("--minutes", type=float, default=6.0, help="time budget of the timed rounds")
+    parser.add_argument("--minutes", type=float, default=5.0, help="time budget of the timed rounds")
     parser.add_argument("--rounds", type=int, default=1000, help="timed rounds at most")
     parser.add_argument("--block-seconds", type=float, default=0.1, help="about how long one timed block runs")
     parser.add_argument("--cifar-data", default="/tmp/cifar10", help="CIFAR-10 folder: calibration and test images")
