@@ -97,8 +97,11 @@ def runners(network, report):
     """{runtime: function(float32 images) -> logits}, every runtime on every core."""
     threads = common.cores()
     path = {key[:2]: result["file"] for key, result in report.items() if key[2] == "float32"}
-    logits_model = export.logits_model(network)
-    return {"tf_predict": lambda images: logits_model.predict(images, verbose=0),
+    by_batch = {}  # one Keras model per batch size: model.predict traces once per model and input shape
+
+    def predict(images):
+        return by_batch.setdefault(len(images), export.logits_model(network)).predict(images, verbose=0)
+    return {"tf_predict": predict,
             "tf_function": export.load_runner("saved_model", path[("saved_model", None)]),
             "onnxruntime": export.load_runner("onnx", path[("onnx", None)], threads=threads),
             "litert_float32": export.load_runner("litert", path[("litert", None)], threads=threads),
