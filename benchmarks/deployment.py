@@ -229,6 +229,9 @@ def render_markdown(result):
              f"and its compressed versions: "
              + "; ".join(f"{name} {nets[name]['removed_blocks']} blocks removed, MAC ratio {nets[name]['mac_ratio']:.3f}, "
                          f"parameter ratio {nets[name]['param_ratio']:.3f}" for name in nets if name != "full")
+             + f". {result['rounds']} interleaved rounds; other processes kept "
+               f"{machine['other_processes_cpu_share']:.0%} of the cores busy"
+             + (" (a CIFAR training among them)" if machine["other_training_running"] else "")
              + ". Milliseconds per image at batch 1 / at batch 32, and the compressed / full ratio at batch 1 "
                "(95% interval):", "",
              "| runtime | " + " | ".join(nets) + " | " + " | ".join(f"{n} / full" for n in nets if n != "full") + " |",
