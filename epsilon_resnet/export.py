@@ -161,8 +161,8 @@ def write_entry(network, folder, fmt, quantize=None, calibration=None, dtypes=IN
 
 
 # ---- running in each runtime ----------------------------------------------------------------
-def load_runner(fmt, path, dtype="float32", threads=None):
-    """A function from a batch of images (numpy, of `dtype`) to numpy logits, run by the
+def load_runner(fmt, path, threads=None):
+    """A function from a batch of images (numpy, of the file's input dtype) to numpy logits, run by the
     format's own runtime: TensorFlow (SavedModel), onnxruntime, or the LiteRT interpreter.
     threads: the runtime's intra-op threads (None: its default)."""
     if fmt == "saved_model":
@@ -194,7 +194,7 @@ def check_files(network, files, batches):
     difference|, the tolerance, whether it passes and the error (None without labels)."""
     from epsilon_resnet import compression
 
-    runners = {key: load_runner(key[0], path, key[2], threads=os.cpu_count()) for key, path in files.items()}
+    runners = {key: load_runner(key[0], path, threads=os.cpu_count()) for key, path in files.items()}
     stats = {key: {"max_diff": 0.0, "largest": 0.0, "wrong": 0, "images": 0} for key in files}
     reference_wrong, labelled = 0, True
     for images, labels in batches:
@@ -232,7 +232,7 @@ def check_files(network, files, batches):
 
 def describe(key, result):
     """One line per checked file."""
-    fmt, quantize, dtype = key
+    _, quantize, dtype = key
     line = (f"{result['file']} ({dtype} input): largest |logit difference| to the TensorFlow network "
             f"{result['max_abs_logit_difference']:.3g} on {result['images']} images")
     line += (f", tolerance {result['tolerance']:.3g}: {'matches' if result['matches'] else 'DIFFERS'}"

@@ -60,7 +60,7 @@ def test_every_file_runs_in_its_runtime_at_any_batch_on_raw_pixels(exported, bat
     for (fmt, quantize, file_dtype), result in report.items():
         if file_dtype != dtype:
             continue
-        logits = export.load_runner(fmt, result["file"], dtype)(images.astype(dtype))
+        logits = export.load_runner(fmt, result["file"])(images.astype(dtype))
         assert logits.shape == (batch, 10) and logits.dtype == np.float32
         if quantize:  # int8: close to the float logits, not equal
             assert np.abs(logits - expected).max() <= 0.2 * np.abs(expected).max()
@@ -83,8 +83,8 @@ def test_a_file_that_differs_is_refused_and_nothing_is_left(exported, tmp_path, 
     model, _, _ = exported
     real = export.load_runner
 
-    def off_by_a_little(fmt, path, dtype="float32", threads=None):
-        run = real(fmt, path, dtype, threads)
+    def off_by_a_little(fmt, path, threads=None):
+        run = real(fmt, path, threads)
         return (lambda images: run(images) + 1e-3) if fmt == "onnx" else run
     monkeypatch.setattr(export, "load_runner", off_by_a_little)
     with pytest.raises(RunError, match=r"refused to keep the export.*onnx/float32.onnx .*DIFFERS"):
