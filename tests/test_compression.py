@@ -433,3 +433,10 @@ def test_imagenet_run_compresses_and_evaluates_top1_and_top5(tmp_path, capsys):
     assert 0 <= float(top5.split(": ")[1]) <= float(top1.split(": ")[1])
     assert exit_code(imagenet_main, "--cfg", cfg_path) == 0  # imagenetEpsilonResnet.py --cfg, as in the original
     assert capsys.readouterr().out.splitlines()[:2] == [top1, top5]
+    # ... which exports too (here to ONNX), each file checked on the 12 validation images.
+    export_dir = tmp_path / "exported"
+    assert exit_code(imagenet_main, "--cfg", cfg_path, "--export", export_dir, "--format", "onnx") == 0
+    checks = capsys.readouterr().out.splitlines()[2:-1]
+    assert [line.split(" input)")[0] for line in checks] == [f"{export_dir}/onnx/float32.onnx (float32",
+                                                             f"{export_dir}/onnx/uint8.onnx (uint8"]
+    assert all("on 12 images" in line and ": matches; error" in line for line in checks)
