@@ -9,7 +9,7 @@ import contextlib
 import os
 import sys
 
-from epsilon_resnet import console, data, distribute, run_folder
+from epsilon_resnet import console, data, distribute, export, run_folder
 from epsilon_resnet.errors import ConfigError, UserError, WeightsDoNotFit
 from epsilon_resnet.structures import DATA_FORMATS, GATE_INFERENCE_MODES, GATE_SCOPES, IMAGENET_DEPTHS
 
@@ -18,7 +18,8 @@ IMAGENET_DATASETS = tuple(name for name in data.DATASETS if data.family_of(name)
 # The library names its arguments in backquotes; on the command line they are these flags.
 FLAG_WORDS = {"`resume`": "--resume", "`load`": "--load", "`run_dir`": "output name (-o)", "`directory`": "--dir",
               "`check_batches`": "--check-batches", "`export_dir`": "--export", "`cpu_replicas`": "--cpu-replicas",
-              "`gpus`": "--gpu", "`size`": "-n", "`datasets` are": "this command evaluates"}
+              "`gpus`": "--gpu", "`size`": "-n", "`datasets` are": "this command evaluates",
+              "`formats`": "--format", "`quantize`": "--quantize"}
 
 
 def in_flags(message):
@@ -201,11 +202,15 @@ def imagenet_parser():
                              "(default: the config's, NHWC)")
     parser.add_argument("--image-size", type=positive, help="side of the square input images (default: the "
                                                             "config's, 224); smaller for quick runs")
+    add_export_flags(parser)
     return parser
 
 
 def imagenet_main(argv=None):
-    args = parse_training_args(imagenet_parser(), argv)
+    parser = imagenet_parser()
+    args = parse_training_args(parser, argv)
+    if (args.export or args.format or args.quantize) and not args.cfg:
+        parser.error("--export, --format and --quantize export a compressed network: they go with --cfg")
     if args.cfg:
         return run_evaluation(args, IMAGENET_DATASETS)
     with command(args):
@@ -271,31 +276,54 @@ def evaluation_parser(description, data_help="dataset folder (default: the one i
     add_common(parser)
     parser.add_argument("--cfg", required=True, help="compressed_model_<step>.cfg written by compressModel.py")
     parser.add_argument("--data", help=data_help)
-    parser.add_argument("--export", help="also write the network as a TensorFlow SavedModel into this new folder")
+    add_export_flags(parser)
     parser.add_argument("-o", "--output", type=run_name,
                         help="also write the errors to train_log.<output>/evaluation.json (a new file)")
     return parser
 
 
-def run_evaluation(args, datasets, size=None, output=None, export_dir=None):
-    """Evaluate a .cfg's network on its whole validation set, print the error (top-1 and top-5
-    for ImageNet), and maybe write evaluation.json (-o) and a SavedModel (--export)."""
-    with command(args):
-        from epsilon_resnet import export, scoring
+def add_export_flags(parser):
+    parser.add_argument("--export", metavar="DIR",
+                        help="also write the network into this new folder, one entry per --format: saved_model/ "
+                             "(serve(images) -> logits), onnx/float32.onnx and onnx/uint8.onnx, litert/float32.tflite "
+                             "and litert/uint8.tflite (litert_int8/ with --quantize int8); each file takes raw 0-255 "
+                             "pixels of its dtype at any batch size, and is run in its own runtime on the validation "
+                             "images and kept only if its logits match the network's")
+    parser.add_argument("--format", nargs="+", choices=export.FORMATS,
+                        help="the formats --export writes, one or several (default: saved_model)")
+    parser.add_argument("--quantize", choices=export.QUANTIZATIONS,
+                        help=f"with --format litert: a full-integer LiteRT model instead of the float one, calibrated "
+                             f"on {export.CALIBRATION_IMAGES} training images (never test or held-out images; "
+                             f"their indices go to litert_int8/{export.CALIBRATION_RECORD})")
 
-        if export_dir:
-            export.check_export_dir(export_dir)
+
+def run_evaluation(args, datasets, size=None, output=None):
+    """Evaluate a .cfg's network on its whole validation set, print the error (top-1 and top-5
+    for ImageNet), and maybe write evaluation.json (-o) and the exports (--export)."""
+    if (args.format or args.quantize) and not args.export:
+        fail("--format and --quantize say what --export DIR writes: add --export DIR")
+    with command(args):
+        from epsilon_resnet import scoring
+
+        formats = args.format or ["saved_model"]
+        if args.export:
+            export.check_export_dir(args.export)
+            export.entries(formats, args.quantize)
         spec, model = scoring.load_compressed_for(args.cfg, datasets, size)
-        errors = scoring.score_compressed(spec, model, args.data)
+        source = scoring.source_of(spec, args.data)
+        errors = scoring.score_compressed(spec, model, source)
         if data.family_of(spec.dataset) == "imagenet":
             print(f"Top-1 error: {errors['val_error']}\nTop-5 error: {errors['val_error_top5']}")
         else:
             print(f"Error: {errors['val_error']}")
         if output:
             print(f"wrote {run_folder.write_evaluation(output, {'cfg': os.path.abspath(args.cfg), **errors})}")
-        if export_dir:
-            print(f"exported the network to {export.export_saved_model(model, export_dir)}: "
-                  f"m = tf.saved_model.load(DIR); m.serve(images) -> logits")
+        if args.export:
+            calibration = export.calibration_from(source) if args.quantize else None
+            batches = ((x.numpy(), y.numpy()) for x, y in source.eval_dataset(spec.eval_batch_size))
+            path, _, lines = export.export(model, args.export, formats, batches, args.quantize, calibration)
+            print("\n".join(lines))
+            print(f"exported the network to {path}")
 
 
 def cifar_compressed_main(argv=None):
@@ -306,18 +334,18 @@ def cifar_compressed_main(argv=None):
     which.add_argument("--cifar100", action="store_true", help="the .cfg must be a CIFAR-100 network")
     args = parser.parse_args(argv)
     datasets = ("cifar10",) if args.cifar10 else ("cifar100",) if args.cifar100 else ("cifar10", "cifar100")
-    run_evaluation(args, datasets, args.num_units, args.output, args.export)
+    run_evaluation(args, datasets, args.num_units, args.output)
 
 
 def svhn_compressed_main(argv=None):
     parser = evaluation_parser("Evaluate a compressed ε-ResNet on the SVHN test set.")
     add_num_units(parser)
     args = parser.parse_args(argv)
-    run_evaluation(args, ("svhn",), args.num_units, args.output, args.export)
+    run_evaluation(args, ("svhn",), args.num_units, args.output)
 
 
 def imagenet_compressed_main(argv=None):
     parser = evaluation_parser("Evaluate a compressed ε-ResNet on the ImageNet validation set (top-1, top-5).",
                                data_help="ImageNet folder (default: the one in the .cfg)")
     args = parser.parse_args(argv)
-    run_evaluation(args, IMAGENET_DATASETS, output=args.output, export_dir=args.export)
+    run_evaluation(args, IMAGENET_DATASETS, output=args.output)

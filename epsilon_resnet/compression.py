@@ -88,8 +88,13 @@ def network_cost(model):
 
 
 # ---- the check ------------------------------------------------------------------------------
+def logit_tolerance(largest):
+    """The largest |logit difference| that counts as equal, for logits up to `largest` in size."""
+    return LOGIT_TOLERANCE * max(1.0, largest)
+
+
 def logits_equal(difference, largest):
-    return difference <= LOGIT_TOLERANCE * max(1.0, largest)
+    return difference <= logit_tolerance(largest)
 
 
 def lossless_check(gated, compressed, batches):
@@ -114,7 +119,7 @@ def lossless_check(gated, compressed, batches):
     return {"images": totals["images"], "batches": totals["batches"],
             "max_abs_logit_difference": totals["max_diff"],
             "logits_equal": logits_equal(totals["max_diff"], totals["largest"]),
-            "logit_tolerance": LOGIT_TOLERANCE * max(1.0, totals["largest"]),
+            "logit_tolerance": logit_tolerance(totals["largest"]),
             "gated_error": totals["gated"] / totals["images"],
             "compressed_error": totals["compressed"] / totals["images"],
             "per_batch_error": totals["per_batch"] / totals["images"]}

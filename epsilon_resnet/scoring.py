@@ -45,8 +45,13 @@ def load_compressed_for(cfg_path, datasets, size=None):
     return spec, compression.load_compressed(spec)
 
 
-def score_compressed(spec, model, data_dir=None):
-    """The errors of a compressed network on its whole validation set (data_dir: instead of the .cfg's)."""
+def source_of(spec, data_dir=None):
+    """The data source of a compressed network's .cfg (data_dir: instead of the .cfg's), checked to fit it."""
     source = data.get_source(spec.dataset, data_dir or spec.data_dir, **spec.data_options)
     compressed_cfg.check_source_fits(spec, source)
+    return source
+
+
+def score_compressed(spec, model, source):
+    """The errors of a compressed network on its source's whole validation set."""
     return Evaluator(model)(source.eval_dataset(spec.eval_batch_size))

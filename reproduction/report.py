@@ -200,17 +200,18 @@ def render_file(json_path):
     return md_path
 
 
-def readme_section(text, readme_path):
-    """(start, end) of what lies between the README's two reproduction marker lines."""
-    begin, end = text.find(README_BEGIN + "\n"), text.find(README_END)
+def readme_section(text, readme_path, markers=(README_BEGIN, README_END)):
+    """(start, end) of what lies between the README's two marker lines (by default the reproduction's)."""
+    first, last = markers
+    begin, end = text.find(first + "\n"), text.find(last)
     if begin < 0 or end < begin:
-        raise RunError(f"{readme_path} has no section between the lines {README_BEGIN!r} and {README_END!r}: "
-                       "add them where the reproduction goes")
-    return begin + len(README_BEGIN) + 1, end
+        raise RunError(f"{readme_path} has no section between the lines {first!r} and {last!r}: "
+                       "add them where the section goes")
+    return begin + len(first) + 1, end
 
 
-def splice_readme(readme_path, markdown):
-    """Put the Markdown between the README's two reproduction markers, replacing what was there."""
+def splice_readme(readme_path, markdown, markers=(README_BEGIN, README_END)):
+    """Put the Markdown between the README's two marker lines, replacing what was there."""
     text = read_text(readme_path)
-    start, end = readme_section(text, readme_path)
+    start, end = readme_section(text, readme_path, markers)
     write_atomic(readme_path, text[:start] + markdown + text[end:])

@@ -1,5 +1,6 @@
 """The benchmarks in benchmarks/ run end to end with tiny settings: they print a ratio, exit 0
 and, with non-default arguments, leave their results file alone."""
+import json
 import os
 import subprocess
 import sys
@@ -46,3 +47,29 @@ def test_precision_benchmark_reports_its_ratio_and_the_kernels_that_ran():
     assert "mixed_bfloat16/float32 = " in run.stdout and "AMX kernels ran: " in run.stdout, run.stdout
     assert "mixed_bfloat16: convolution ops {" in run.stdout and "Conv2D" in run.stdout, run.stdout
     assert result_file_state("precision") == before
+
+
+@pytest.mark.slow
+def test_deployment_benchmark_runs_with_tiny_settings():
+    before = result_file_state("deployment")
+    run = subprocess.run([sys.executable, "-m", "benchmarks.deployment", "--n", "1", "--minutes", "0.02",
+                          "--runs", "", "--cifar-data", os.path.join(REPO, "data", "cifar10-sample")],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| litert_int8 |" in run.stdout and ("PASS" in run.stdout or "MISS" in run.stdout), run.stdout
+    assert result_file_state("deployment") == before
+
+
+def test_readme_deployment_section_is_the_committed_results_rendered():
+    """The README's deployment table is benchmarks/results/deployment.json rendered, unedited."""
+    from benchmarks import deployment
+    from reproduction.report import readme_section
+
+    with open(os.path.join(RESULTS, "deployment.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    start, end = readme_section(readme, "README.md", deployment.README_MARKERS)
+    assert readme[start:end] == deployment.render_markdown(results)
+    assert results["commit"] and not [path for path in results["dirty"] if not path.startswith("benchmarks/results")]
+    assert {"cpu_model", "cores"} <= set(results["machine"]) and "onnxruntime" in results["runtime_versions"]

@@ -452,7 +452,7 @@ def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(RunError, match="not an empty folder"):
-        export.export_saved_model(model, str(tmp_path / "full"))
+        export.export(model, str(tmp_path / "full"))
     assert os.listdir(tmp_path / "full") == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["full"]
 
 
@@ -475,3 +475,10 @@ def test_imagenet_run_compresses_and_evaluates_top1_and_top5(tmp_path, capsys):
     assert 0 <= float(top5.split(": ")[1]) <= float(top1.split(": ")[1])
     assert exit_code(imagenet_main, "--cfg", cfg_path) == 0  # imagenetEpsilonResnet.py --cfg, as in the original
     assert capsys.readouterr().out.splitlines()[:2] == [top1, top5]
+    # ... which exports too (here to ONNX), each file checked on the 12 validation images.
+    export_dir = tmp_path / "exported"
+    assert exit_code(imagenet_main, "--cfg", cfg_path, "--export", export_dir, "--format", "onnx") == 0
+    checks = capsys.readouterr().out.splitlines()[2:-1]
+    assert [line.split(" input)")[0] for line in checks] == [f"{export_dir}/onnx/float32.onnx (float32",
+                                                             f"{export_dir}/onnx/uint8.onnx (uint8"]
+    assert all("on 12 images" in line and ": matches; error" in line for line in checks)

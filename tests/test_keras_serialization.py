@@ -92,3 +92,10 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     assert [g.block for g in gate.gates_of(loaded)] == ["block0", "block1", "block2"]
     assert gate.epsilon_of(loaded) == 2.0
     assert all(int(g.updates.numpy()) == 2 * 2 for g in gate.gates_of(loaded))  # 2 epochs of 2 batches of 32
+    # block1 closes and goes; the pruned model, exported to ONNX, gives the gated model's logits in onnxruntime.
+    assert [g.closed_at_inference() for g in gate.gates_of(loaded)] == [False, True, False]
+    model, plain = namespace["model"], namespace["plain"]
+    assert {"block1_conv1", "block1_conv2"} & {layer.name for layer in plain.layers} == set()
+    expected = model.predict(namespace["images"], verbose=0)
+    np.testing.assert_allclose(namespace["logits"], expected, rtol=0, atol=1e-5 * max(1, np.abs(expected).max()))
+    assert sorted(os.listdir(tmp_path / "exported" / "onnx")) == ["float32.onnx", "uint8.onnx"]

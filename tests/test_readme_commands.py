@@ -54,3 +54,11 @@ def test_run_imagenet_sh_trains_the_papers_runs_with_the_per_replica_gate(monkey
     cli.imagenet_main(shlex.split(line)[2:])
     (config,) = configs
     assert (config.model.depth, config.model.epsilon, config.model.gate_scope) == (152, 1.8, "per_replica")
+
+
+def test_ci_installs_what_the_readme_installs_export_included():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        install = next(line.split("#", 1)[0].strip() for line in f if line.startswith("pip install"))
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        assert install in [line.strip() for line in f]
+    assert install == 'pip install -e ".[test,export]"'
