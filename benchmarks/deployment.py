@@ -42,7 +42,7 @@ import numpy as np
 
 from epsilon_resnet import compression, data, export
 from epsilon_resnet.networks import build_resnet
-from epsilon_resnet.structures import cifar_structure, structure_for
+from epsilon_resnet.structures import architecture_for, cifar_resnet
 from reproduction.report import splice_readme
 
 NAME = "deployment"
@@ -56,24 +56,24 @@ TIMED_CALIBRATION = 100  # training images calibrating the timed (random-weight)
 PACKAGES = ("tensorflow", "keras", "onnxruntime", "ai-edge-litert", "tf2onnx", "onnx")
 
 
-def removed_blocks(structure, share):
+def removed_blocks(architecture, share):
     """round(share × blocks) blocks, an equal number per stage, spread evenly over units 1.. of
     each (unit 0 only in a stage of one unit: tiny smoke runs)."""
-    per_stage = round(share * structure.gated_blocks / len(structure.stage_units))
-    first = [1 if units > 1 else 0 for units in structure.stage_units]
-    return [structure.block_name(stage, int(unit)) for stage, units in enumerate(structure.stage_units)
+    per_stage = round(share * architecture.gated_blocks / len(architecture.stage_units))
+    first = [1 if units > 1 else 0 for units in architecture.stage_units]
+    return [architecture.block_name(stage, int(unit)) for stage, units in enumerate(architecture.stage_units)
             for unit in np.unique(np.round(np.linspace(first[stage], units - 1, min(per_stage, units - first[stage]))))]
 
 
 def timed_networks(n, pixel_mean):
     """{name: (plain network, removed blocks)}: full ResNet-(6n+2) and its compressed versions."""
-    structure = cifar_structure(n)
+    architecture = cifar_resnet(n, side_output=False)
     keras.utils.set_random_seed(0)
-    gated = build_resnet(structure, 10, epsilon=0.0, side_output=False, pixel_mean=pixel_mean, pixel_scale=1 / 128)
+    gated = build_resnet(architecture, 10, epsilon=0.0, pixel_mean=pixel_mean, pixel_scale=1 / 128)
     networks = {}
     for name, share in (("full", 0.0), *((f"removed_{round(s * 100)}%", s) for s in SHARES)):
-        discarded = removed_blocks(structure, share) if share else []
-        networks[name] = (compression.compress_model(gated, structure, discarded)[0], discarded)
+        discarded = removed_blocks(architecture, share) if share else []
+        networks[name] = (compression.compress_model(gated, architecture, discarded)[0], discarded)
     return networks
 
 
@@ -133,7 +133,8 @@ def kept_accuracy(pattern, cifar_data, folder):
         step = int(cfg.rsplit("_", 1)[1].split(".")[0])
         config, source, gated, _ = compression.load_gated(run_dir, step, cifar_data)
         discarded, _ = compression.decide_at_inference(gated)
-        network = compression.compress_model(gated, structure_for(config.model, source.family), discarded)[0]
+        network = compression.compress_model(gated, architecture_for(config.model, source.family, source.image_shape),
+                                               discarded)[0]
         batches = [(x.numpy(), y.numpy()) for x, y in source.eval_dataset(500)]
         report = export_all(network, os.path.join(folder, os.path.basename(run_dir)), batches,
                             export.calibration_from(source))
