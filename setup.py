@@ -26,5 +26,9 @@ setup(
     extras_require={
         "test": ["pytest"],
         "gpu": ["tensorflow[and-cuda]>=2.16"],
+        # What Keras' Model.export(format="onnx" | "litert") and the runtimes that check its files
+        # need, at the versions tested together with TensorFlow 2.21 (protobuf 7, numpy 2): tf2onnx
+        # 1.16 requires protobuf ~= 3.20, which TensorFlow's protobuf >= 6.31 rules out.
+        "export": ["tf2onnx>=1.17", "onnx>=1.23", "onnxruntime>=1.32", "ai-edge-litert>=2.3"],
     },
 )

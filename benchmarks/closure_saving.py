@@ -66,7 +66,7 @@ def savings(closed_blocks, reproduction):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.parse_args(argv)
     with open(os.path.join(provenance.RESULTS_DIR, "closed_blocks.json")) as f:
         closed_blocks = json.load(f)

@@ -51,7 +51,7 @@ def resnet_arguments(parser, steps, steps_help, repeats):
 
 def step_benchmark_parser(doc, repeats, minutes):
     """The parser of a benchmark that times training steps: `resnet_arguments` and --minutes."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=doc.split("\n\n")[0])
     resnet_arguments(parser, 1, "training steps per timed block", repeats=repeats)
     parser.add_argument("--minutes", type=float, default=minutes, help="time budget of the timed rounds")
     return parser
@@ -69,20 +69,22 @@ def random_cifar_batch(batch, seed=0):
 
 
 @contextlib.contextmanager
-def cifar_training_step(n, batch, gated, side_output, batch_norm="fused", skip_closed_backward=True):
+def cifar_training_step(n, batch, gated, side_output, batch_norm="fused", skip_closed_backward=True,
+                        precision="float32"):
     """Yields a function that runs one step of the project's compiled training step
     (`training.Trainer`: losses, weight decay, SGD update, gate EMAs; the gates' cross-replica
     reduction is a no-op with one replica, as in any single-device run) for a CIFAR ResNet of
-    depth 6n+2 with that `batch_norm` kind and train.skip_closed_backward, on one fixed
-    in-memory batch so that no input pipeline is measured. The trainer is attached as
-    `step.trainer`.
+    depth 6n+2 with that `batch_norm` kind, train.skip_closed_backward and train.precision (the
+    network keeps the precision it was built with, so variants of both precisions can run side
+    by side), on one fixed in-memory batch so that no input pipeline is measured. The trainer
+    is attached as `step.trainer`.
     """
     images, labels = random_cifar_batch(batch)
     source = ArraySource("benchmark", 10, (images, labels), (images, labels), augment.CIFAR_TRAIN, family="cifar")
     config = config_lib.from_dict({"model": {"n": n, "gated": gated, "side_output": side_output,
                                              "batch_norm": batch_norm},
                                    "train": {"batch_size": batch, "seed": 0, "steps_per_epoch": 1,
-                                             "skip_closed_backward": skip_closed_backward}})
+                                             "skip_closed_backward": skip_closed_backward, "precision": precision}})
     with tempfile.TemporaryDirectory(prefix="benchmark-run-") as run_dir:
         runtime.configure(config.train)  # train.seed: the same initial weights in every variant
         trainer = training.Trainer(config, run_dir, source=source)

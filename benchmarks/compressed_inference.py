@@ -24,14 +24,14 @@ import tensorflow as tf
 
 from epsilon_resnet import compression
 from epsilon_resnet.networks import build_resnet
-from epsilon_resnet.structures import cifar_structure
+from epsilon_resnet.structures import cifar_resnet
 
 NAME, TOLERANCE = "compressed_inference", 0.05
 
 
-def close_odd_blocks(model, structure):
+def close_odd_blocks(model, architecture):
     """Zero the last conv of every odd-numbered block; returns those blocks' names."""
-    closed = [name for name in structure.block_names() if int(name.split(".")[1]) % 2 == 1]
+    closed = [name for name in architecture.block_names() if int(name.split(".")[1]) % 2 == 1]
     for block in closed:
         kernel = model.get_layer(f"{block}_conv2").kernel
         kernel.assign(np.zeros(kernel.shape, np.float32))
@@ -45,17 +45,17 @@ def logits_function(model):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     common.resnet_arguments(parser, 5, "forward passes per timed block", repeats=7)
     args = parser.parse_args(argv)
     watch = common.MachineWatch()
 
-    structure = cifar_structure(args.n)
+    architecture = cifar_resnet(args.n)
     images = tf.constant(common.random_cifar_batch(args.batch)[0], tf.float32)
-    gated = build_resnet(structure, 10, epsilon=0.0, pixel_mean=128.0, pixel_scale=1 / 128)
-    discarded = close_odd_blocks(gated, structure)
-    compressed, kept, _ = compression.compress_model(gated, structure, discarded)
-    plain = build_resnet(structure, 10, gated=False, side_output=False)
+    gated = build_resnet(architecture, 10, epsilon=0.0, pixel_mean=128.0, pixel_scale=1 / 128)
+    discarded = close_odd_blocks(gated, architecture)
+    compressed, kept = compression.compress_model(gated, architecture, discarded)
+    plain = build_resnet(cifar_resnet(args.n, gated=False, side_output=False), 10)
     models = {"gated": gated, "compressed": compressed, "plain_full": plain}
     forward = {name: logits_function(model) for name, model in models.items()}
     difference = float(tf.reduce_max(tf.abs(forward["gated"](images) - forward["compressed"](images))))
@@ -71,11 +71,11 @@ def main(argv=None):
     result = {"tolerance": TOLERANCE, "mac_ratio": mac_ratio, "time_ratio": time_ratio, "deviation": deviation,
               "plain_full_time_ratio": common.paired_ratio(seconds, "compressed", "plain_full"),
               "gated_over_plain_full": common.paired_ratio(seconds, "gated", "plain_full"),
-              "discarded_blocks": discarded, "kept_stage_units": list(kept.stage_units), "macs": macs,
+              "discarded_blocks": discarded, "kept_stage_units": kept.units_per_stage(), "macs": macs,
               "max_abs_logit_difference": difference,
               "seconds_per_forward": {k: v / args.steps for k, v in common.medians(seconds).items()},
               "verdict": common.verdict(abs(deviation), TOLERANCE)}
-    print(f"ResNet-{6 * args.n + 2}, {len(discarded)} of {structure.gated_blocks} blocks discarded, batch "
+    print(f"ResNet-{6 * args.n + 2}, {len(discarded)} of {architecture.gated_blocks} blocks discarded, batch "
           f"{args.batch}: median seconds per forward pass "
           + ", ".join(f"{k} {v:.4f}" for k, v in result["seconds_per_forward"].items()))
     print(f"ratio compressed/gated time = {time_ratio['median']:.3f} (rounds {time_ratio['min']:.3f}.."

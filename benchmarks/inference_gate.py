@@ -40,7 +40,7 @@ from epsilon_resnet import checkpoints, compression, run_folder  # noqa: E402
 from epsilon_resnet.evaluation import Evaluator  # noqa: E402
 from epsilon_resnet.gate import gate_is_open, gates_of, per_batch_inference, residual_input  # noqa: E402
 from epsilon_resnet.run_folder import read_metrics  # noqa: E402
-from epsilon_resnet.structures import structure_for  # noqa: E402
+from epsilon_resnet.structures import architecture_for  # noqa: E402
 
 RESULTS = os.path.join(provenance.REPO, "benchmarks", "results", "inference_gate.json")
 BATCH_SIZES = (1, 10, 128)
@@ -110,10 +110,10 @@ def judge_step(run_dir, config, step, data_dir):
 
     reference, labels = predictions(per_batch, source.eval_dataset(JUDGED_AT))
     decisions, averages = candidates(gated, source, config, step)
-    structure = structure_for(config.model, source.family)
+    architecture = architecture_for(config.model, source.family, source.image_shape)
     judged = {}
     for name, closed in decisions.items():
-        compressed, _, _ = compression.compress_model(gated, structure, closed)
+        compressed, _ = compression.compress_model(gated, architecture, closed)
         predicted, _ = predictions(tf.function(lambda x, m=compressed: m(x, training=False)["logits"]),
                                    source.eval_dataset(JUDGED_AT))
         error = float(np.mean(predicted != labels))
@@ -140,7 +140,7 @@ def error_by_batch_size(gated, source):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="run folder of configs/cifar10-gate-rule.yaml")
     parser.add_argument("--data", help="CIFAR-10 folder (default: the run's data.dir)")
     parser.add_argument("--steps", type=int, nargs="+", help="checkpoints to judge (default: the config's "

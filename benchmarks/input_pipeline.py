@@ -60,7 +60,7 @@ def batches_block(dataset, batches):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--cifar-data", default=FULL_CIFAR if os.path.isdir(FULL_CIFAR) else SAMPLE_CIFAR,
                         help="folder holding cifar-10-batches-py (default: the full set in /tmp/cifar10full if "
                              "present, else the repository's sample)")

@@ -72,7 +72,7 @@ def run_variant(variant, args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     common.resnet_arguments(parser, 2, "measured training steps per subprocess", repeats=3)
     parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # inside a subprocess
     args = parser.parse_args(argv)

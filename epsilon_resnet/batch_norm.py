@@ -3,15 +3,19 @@
 Keras 3's `BatchNormalization` runs on the TensorFlow backend as separate elementwise ops
 (moments, then normalise), and so does its gradient; `FusedBatchNormV3` does either in one
 kernel (docs/tensorflow.md, batch normalization). This layer is Keras' layer with the same
-weights, configuration and semantics (momentum, ε, biased batch variance in the moving
-average, float32 statistics under mixed precision), computed by the fused kernel.
+weights, configuration and semantics (momentum, ε, float32 statistics under mixed precision),
+computed by the fused kernel, except that its moving variance averages the kernel's unbiased
+batch variance, as tensorpack 0.2.0's did (docs/original.md §11); Keras' layer averages the
+biased one.
 """
 import keras
 import tensorflow as tf
 
 from epsilon_resnet.structures import BATCH_NORMS
 
-MOMENTUM, EPSILON = 0.9, 1e-5  # tensorpack's BatchNorm defaults, which the original trained with.
+# tensorpack's BatchNorm momentum, and the ε the original ran with: tensorpack passed 1e-5, which
+# TF1's fused kernel raised to its minimum 1.001e-5 (docs/original.md §11).
+MOMENTUM, EPSILON = 0.9, 1.001e-5
 
 
 @keras.saving.register_keras_serializable(package="epsilon_resnet")
@@ -36,17 +40,11 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             variance=variance, epsilon=self.epsilon, exponential_avg_factor=1.0, data_format=layout,
             is_training=train)
         if train:
-            self._update_moving_statistics(x, batch_mean, batch_variance)
+            # The kernel returns the batch variance with Bessel's correction (×n/(n−1)), and
+            # tensorpack averaged it as it came.
+            self.moving_mean.assign(self.moving_mean * self.momentum + batch_mean * (1.0 - self.momentum))
+            self.moving_variance.assign(self.moving_variance * self.momentum + batch_variance * (1.0 - self.momentum))
         return tf.cast(y, self.compute_dtype)
-
-    def _update_moving_statistics(self, x, batch_mean, batch_variance):
-        # The kernel returns the batch variance with Bessel's correction; Keras' layer averages
-        # the biased one, and so does this layer.
-        shape = tf.shape(x)
-        count = tf.cast(tf.reduce_prod(shape) // shape[self.axis], tf.float32)
-        biased = batch_variance * (count - 1.0) / count
-        self.moving_mean.assign(self.moving_mean * self.momentum + batch_mean * (1.0 - self.momentum))
-        self.moving_variance.assign(self.moving_variance * self.momentum + biased * (1.0 - self.momentum))
 
 
 def layer(kind, axis, name):

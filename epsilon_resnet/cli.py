@@ -9,16 +9,17 @@ import contextlib
 import os
 import sys
 
-from epsilon_resnet import console, data, distribute, run_folder
+from epsilon_resnet import console, data, distribute, export, run_folder
 from epsilon_resnet.errors import ConfigError, UserError, WeightsDoNotFit
-from epsilon_resnet.structures import DATA_FORMATS, GATE_INFERENCE_MODES, IMAGENET_DEPTHS
+from epsilon_resnet.structures import DATA_FORMATS, GATE_INFERENCE_MODES, GATE_SCOPES, IMAGENET_DEPTHS
 
 DATA_FORMAT_FLAGS = dict(zip(("NHWC", "NCHW"), DATA_FORMATS))  # the original's flag values
 IMAGENET_DATASETS = tuple(name for name in data.DATASETS if data.family_of(name) == "imagenet")
 # The library names its arguments in backquotes; on the command line they are these flags.
 FLAG_WORDS = {"`resume`": "--resume", "`load`": "--load", "`run_dir`": "output name (-o)", "`directory`": "--dir",
               "`check_batches`": "--check-batches", "`export_dir`": "--export", "`cpu_replicas`": "--cpu-replicas",
-              "`gpus`": "--gpu", "`size`": "-n", "`datasets` are": "this command evaluates"}
+              "`gpus`": "--gpu", "`size`": "-n", "`datasets` are": "this command evaluates",
+              "`formats`": "--format", "`quantize`": "--quantize"}
 
 
 def in_flags(message):
@@ -79,7 +80,7 @@ def add_common(parser):
 # ---- training --------------------------------------------------------------------------------
 def training_parser(description, batch_help):
     """The flags every training script shares."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     add_common(parser)
     parser.add_argument("-e", "--epsilon", type=float, help="ε of the strict-identity gates")
     parser.add_argument("-o", "--output", type=run_name, help="run name: everything goes to train_log.<output>/")
@@ -96,11 +97,19 @@ def training_parser(description, batch_help):
                         help="the gates at inference (val_error, --eval): stored, the decision training stored in "
                              "them (default), or per_batch, the original's decision on each evaluated batch "
                              "(val_error_per_batch records it anyway)")
+    parser.add_argument("--gate-scope", choices=GATE_SCOPES,
+                        help="over which images a training step's gates decide with several GPUs: global, the "
+                             "whole batch (default), or per_replica, each GPU's own share as the original's towers "
+                             "(the paper's ImageNet ε values were found so)")
     parser.add_argument("--cpu-replicas", type=positive, help="train on N logical CPU devices with MirroredStrategy "
                                                               "(the multi-GPU code path, on a machine without GPUs)")
     parser.add_argument("--resume", action="store_true", help="continue the run folder's latest checkpoint (what "
                                                               "re-running the same command does), and fail if "
                                                               "there is none")
+    parser.add_argument("--eval", action="store_true", help="only evaluate the --load checkpoint: print its "
+                                                            "validation errors (top-1, and top-5 with more than 10 "
+                                                            "classes) in batches of 128 as the original (or "
+                                                            "train.eval_batch_size); writes nothing")
     parser.add_argument("--keep-checkpoints", type=positive, metavar="K",
                         help="keep the last K checkpoints (default: the config's train.keep_checkpoints, 10; one "
                              "checkpoint every 30 minutes is kept as well)")
@@ -129,7 +138,7 @@ def resolve_config(args, dataset, data_options=None, **overrides):
              "train.max_epoch": args.max_epoch, "train.steps_per_epoch": args.steps_per_epoch,
              "train.batch_size": args.batch_size, "train.keep_checkpoints": args.keep_checkpoints,
              "train.keep_checkpoint_steps": args.keep_step, "train.eval_batches": args.eval_batches,
-             "model.gate_inference": args.gate_inference, **overrides}
+             "model.gate_inference": args.gate_inference, "model.gate_scope": args.gate_scope, **overrides}
     config = config_lib.replace(config, **{k: v for k, v in flags.items() if v is not None})
     if args.epsilon is not None and not config_lib.epsilon_is_used(config.model):
         raise ConfigError(f"-e {args.epsilon:g} would never be in force: model.epsilon_schedule "
@@ -138,10 +147,19 @@ def resolve_config(args, dataset, data_options=None, **overrides):
     return config
 
 
+def parse_training_args(parser, argv):
+    args = parser.parse_args(argv)
+    if args.eval and not args.load:
+        parser.error("--eval needs --load CKPT, the checkpoint to evaluate")
+    return args
+
+
 def run_training(args, config, default_output):
-    """Train a config into train_log.<-o or default_output(config)>/."""
+    """Train a config into train_log.<-o or default_output(config)>/; with --eval, score the --load checkpoint."""
     from epsilon_resnet import training
 
+    if args.eval:
+        return score_checkpoint(config, args.load)
     run_dir = run_folder.run_dir_of(args.output or default_output(config))
     training.train_and_evaluate(config, run_dir, load=args.load, resume=args.resume,
                                 strategy=distribute.make_strategy(args.cpu_replicas))
@@ -153,7 +171,7 @@ def cifar_main(argv=None):
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--cifar10", action="store_true", help="train on CIFAR-10 (the default)")
     which.add_argument("--cifar100", action="store_true", help="train on CIFAR-100")
-    args = parser.parse_args(argv)
+    args = parse_training_args(parser, argv)
     # With --config and no dataset flag, the config's own dataset stands.
     dataset = "cifar100" if args.cifar100 else "cifar10" if args.cifar10 or not args.config else None
     with command(args):
@@ -164,7 +182,7 @@ def cifar_main(argv=None):
 def svhn_main(argv=None):
     parser = training_parser("Train an ε-ResNet on SVHN (train + extra; validated on test).", PER_GPU_BATCH)
     add_num_units(parser)
-    args = parser.parse_args(argv)
+    args = parse_training_args(parser, argv)
     with command(args):
         config = resolve_config(args, "svhn", **{"model.n": args.num_units})
         run_training(args, config, lambda c: f"svhn-e_{c.model.epsilon:g}-n_{c.model.n}")
@@ -177,8 +195,6 @@ def imagenet_parser():
     parser.add_argument("-d", "--depth", type=int, choices=sorted(IMAGENET_DEPTHS),
                         help="ResNet depth (default: the config's, 18 as in the original)")
     parser.add_argument("--fake", action="store_true", help="random images instead of ImageNet, for benchmarking")
-    parser.add_argument("--eval", action="store_true", help="only evaluate the --load checkpoint: print its top-1 "
-                                                            "and top-5 validation error (writes nothing)")
     parser.add_argument("--cfg", help="evaluate the compressed network of this compressed_model_<step>.cfg "
                                       "(as imagenetCompressedResnet.py does)")
     parser.add_argument("--data_format", choices=sorted(DATA_FORMAT_FLAGS),
@@ -186,14 +202,15 @@ def imagenet_parser():
                              "(default: the config's, NHWC)")
     parser.add_argument("--image-size", type=positive, help="side of the square input images (default: the "
                                                             "config's, 224); smaller for quick runs")
+    add_export_flags(parser)
     return parser
 
 
 def imagenet_main(argv=None):
     parser = imagenet_parser()
-    args = parser.parse_args(argv)
-    if args.eval and not args.load:
-        parser.error("--eval needs --load CKPT, the checkpoint to evaluate")
+    args = parse_training_args(parser, argv)
+    if (args.export or args.format or args.quantize) and not args.cfg:
+        parser.error("--export, --format and --quantize export a compressed network: they go with --cfg")
     if args.cfg:
         return run_evaluation(args, IMAGENET_DATASETS)
     with command(args):
@@ -203,8 +220,6 @@ def imagenet_main(argv=None):
                                    "model.data_format": DATA_FORMAT_FLAGS.get(args.data_format)})
         if config.model.data_format == "channels_first":
             require_gpu_for_nchw()
-        if args.eval:
-            return score_checkpoint(config, args.load, replicas=len(distribute.parse_gpus(args.gpu or "0")))
         run_training(args, config, lambda c: f"imagenet-d_{c.model.depth}-e_{c.model.epsilon:g}")
 
 
@@ -219,14 +234,14 @@ def require_gpu_for_nchw():
              "Use --data_format NHWC.")
 
 
-def score_checkpoint(config, path, replicas):
+def score_checkpoint(config, path):
     """--eval: print a checkpoint's validation errors."""
     from epsilon_resnet import scoring
 
     try:
-        errors, what = scoring.score_checkpoint(config, path, replicas)
+        errors, what = scoring.score_checkpoint(config, path)
     except WeightsDoNotFit as err:
-        fail(f"{err}; -d must be the run's depth")
+        fail(f"{err}; {'-d' if config.model.depth else '-n'} must be the run's")
     print(what)
     print(f"top-1 error: {errors['val_error']:.6f}")
     if "val_error_top5" in errors:
@@ -237,7 +252,8 @@ def score_checkpoint(config, path, replicas):
 # ---- compression -----------------------------------------------------------------------------
 def compress_main(argv=None):
     parser = argparse.ArgumentParser(description="Compress an ε-ResNet run at a step: remove the blocks closed at "
-                                                 "inference, and check that the result computes the same logits.")
+                                                 "inference, and check that the result computes the same logits.",
+                                     allow_abbrev=False)
     parser.add_argument("--dir", required=True, help="the run folder train_log.<output>/, or a folder holding one")
     parser.add_argument("--step", type=int, required=True, help="global step of the checkpoint model-<step>")
     parser.add_argument("--check-batches", type=positive, metavar="K",
@@ -256,35 +272,58 @@ def compress_main(argv=None):
 
 
 def evaluation_parser(description, data_help="dataset folder (default: the one in the .cfg)"):
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
     add_common(parser)
     parser.add_argument("--cfg", required=True, help="compressed_model_<step>.cfg written by compressModel.py")
     parser.add_argument("--data", help=data_help)
-    parser.add_argument("--export", help="also write the network as a TensorFlow SavedModel into this new folder")
+    add_export_flags(parser)
     parser.add_argument("-o", "--output", type=run_name,
                         help="also write the errors to train_log.<output>/evaluation.json (a new file)")
     return parser
 
 
-def run_evaluation(args, datasets, size=None, output=None, export_dir=None):
-    """Evaluate a .cfg's network on its whole validation set, print the error (top-1 and top-5
-    for ImageNet), and maybe write evaluation.json (-o) and a SavedModel (--export)."""
-    with command(args):
-        from epsilon_resnet import export, scoring
+def add_export_flags(parser):
+    parser.add_argument("--export", metavar="DIR",
+                        help="also write the network into this new folder, one entry per --format: saved_model/ "
+                             "(serve(images) -> logits), onnx/float32.onnx and onnx/uint8.onnx, litert/float32.tflite "
+                             "and litert/uint8.tflite (litert_int8/ with --quantize int8); each file takes raw 0-255 "
+                             "pixels of its dtype at any batch size, and is run in its own runtime on the validation "
+                             "images and kept only if its logits match the network's")
+    parser.add_argument("--format", nargs="+", choices=export.FORMATS,
+                        help="the formats --export writes, one or several (default: saved_model)")
+    parser.add_argument("--quantize", choices=export.QUANTIZATIONS,
+                        help=f"with --format litert: a full-integer LiteRT model instead of the float one, calibrated "
+                             f"on {export.CALIBRATION_IMAGES} training images (never test or held-out images; "
+                             f"their indices go to litert_int8/{export.CALIBRATION_RECORD})")
 
-        if export_dir:
-            export.check_export_dir(export_dir)
+
+def run_evaluation(args, datasets, size=None, output=None):
+    """Evaluate a .cfg's network on its whole validation set, print the error (top-1 and top-5
+    for ImageNet), and maybe write evaluation.json (-o) and the exports (--export)."""
+    if (args.format or args.quantize) and not args.export:
+        fail("--format and --quantize say what --export DIR writes: add --export DIR")
+    with command(args):
+        from epsilon_resnet import scoring
+
+        formats = args.format or ["saved_model"]
+        if args.export:
+            export.check_export_dir(args.export)
+            export.entries(formats, args.quantize)
         spec, model = scoring.load_compressed_for(args.cfg, datasets, size)
-        errors = scoring.score_compressed(spec, model, args.data)
+        source = scoring.source_of(spec, args.data)
+        errors = scoring.score_compressed(spec, model, source)
         if data.family_of(spec.dataset) == "imagenet":
             print(f"Top-1 error: {errors['val_error']}\nTop-5 error: {errors['val_error_top5']}")
         else:
             print(f"Error: {errors['val_error']}")
         if output:
             print(f"wrote {run_folder.write_evaluation(output, {'cfg': os.path.abspath(args.cfg), **errors})}")
-        if export_dir:
-            print(f"exported the network to {export.export_saved_model(model, export_dir)}: "
-                  f"m = tf.saved_model.load(DIR); m.serve(images) -> logits")
+        if args.export:
+            calibration = export.calibration_from(source) if args.quantize else None
+            batches = ((x.numpy(), y.numpy()) for x, y in source.eval_dataset(spec.eval_batch_size))
+            path, _, lines = export.export(model, args.export, formats, batches, args.quantize, calibration)
+            print("\n".join(lines))
+            print(f"exported the network to {path}")
 
 
 def cifar_compressed_main(argv=None):
@@ -295,18 +334,18 @@ def cifar_compressed_main(argv=None):
     which.add_argument("--cifar100", action="store_true", help="the .cfg must be a CIFAR-100 network")
     args = parser.parse_args(argv)
     datasets = ("cifar10",) if args.cifar10 else ("cifar100",) if args.cifar100 else ("cifar10", "cifar100")
-    run_evaluation(args, datasets, args.num_units, args.output, args.export)
+    run_evaluation(args, datasets, args.num_units, args.output)
 
 
 def svhn_compressed_main(argv=None):
     parser = evaluation_parser("Evaluate a compressed ε-ResNet on the SVHN test set.")
     add_num_units(parser)
     args = parser.parse_args(argv)
-    run_evaluation(args, ("svhn",), args.num_units, args.output, args.export)
+    run_evaluation(args, ("svhn",), args.num_units, args.output)
 
 
 def imagenet_compressed_main(argv=None):
     parser = evaluation_parser("Evaluate a compressed ε-ResNet on the ImageNet validation set (top-1, top-5).",
                                data_help="ImageNet folder (default: the one in the .cfg)")
     args = parser.parse_args(argv)
-    run_evaluation(args, IMAGENET_DATASETS, output=args.output, export_dir=args.export)
+    run_evaluation(args, IMAGENET_DATASETS, output=args.output)

@@ -3,9 +3,11 @@ only writer (`dumps`, `write`) and reader (`read`, `loads`), without TensorFlow.
 
 The .cfg is YAML written by compressModel.py beside the run's checkpoints, next to the pruned
 weights compressed_model_<step>.index/.data-* (a tf.train.Checkpoint(model=...) of the plain
-network). It holds everything needed to rebuild that network without the run's config
-(dataset, n or depth, the kept structure, number of classes, image shape) and, for the record,
-what was removed, how it was decided, the lossless check and the costs.
+network). It holds everything needed to rebuild that network without the run's config (the
+dataset, the number of classes, and the network's Architecture, whose removed_blocks are the
+blocks compression took out) and, for the record, how that was decided, the lossless check
+and the costs. A .cfg of the earlier form (n or depth, image_shape, stage_units,
+first_block_kept) is read as the Architecture it describes.
 """
 import dataclasses
 import os
@@ -15,20 +17,18 @@ import yaml
 from epsilon_resnet import data, run_folder
 from epsilon_resnet.config import read_yaml
 from epsilon_resnet.errors import CompressionError
-from epsilon_resnet.structures import Structure, cifar_structure, imagenet_structure
+from epsilon_resnet.structures import Architecture, cifar_resnet, imagenet_resnet
 
 HEADER = ("# A compressed ε-ResNet written by compressModel.py. Evaluate it with "
           "cifarCompressedResnet.py / svhnCompressedResnet.py / imagenetCompressedResnet.py, given this file.\n")
 # Keys every .cfg has, with their YAML types; the record's keys (below) may be missing or null.
-REQUIRED_KEYS = {"dataset": str, "stage_units": list, "first_block_kept": list, "num_classes": int,
-                 "image_shape": list, "weights": str}
-RECORD_KEYS = ("source_checkpoint", "step", "epoch", "epsilon", "decision", "discarded_blocks", "flickering_blocks",
+REQUIRED_KEYS = {"dataset": str, "num_classes": int, "architecture": dict, "weights": str}
+RECORD_KEYS = ("source_checkpoint", "step", "epoch", "epsilon", "decision", "flickering_blocks",
                "recorded_errors", "check", "warnings", "cost")
-
-
-def size_key(dataset):
-    """The key that gives the full network's size: depth for ImageNet, n (depth 6n+2) otherwise."""
-    return "depth" if data.family_of(dataset) == "imagenet" else "n"
+# The earlier form (written up to commit 43099fa): the preset the network was pruned from, named
+# by its size's key, the kept units of each stage renumbered, and the removed blocks in the record.
+EARLIER_PRESETS = {"n": cifar_resnet, "depth": imagenet_resnet}
+EARLIER_KEYS = {"dataset": str, "image_shape": list, "stage_units": list, "first_block_kept": list}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +37,8 @@ class CompressedSpec:
     how it was made. `weights` is the checkpoint prefix's name beside the .cfg; `path` is
     where the spec was read from (None for one not read from a file)."""
     dataset: str
-    size: int               # n (CIFAR/SVHN) or depth (ImageNet) of the network it was pruned from
-    structure: Structure    # the kept structure
+    architecture: Architecture  # the compressed network's: plain, no side head, its removed_blocks gone
     num_classes: int
-    image_shape: tuple
     weights: str
     data_dir: str = None
     data_options: dict = dataclasses.field(default_factory=dict)
@@ -50,7 +48,6 @@ class CompressedSpec:
     epoch: int = None
     epsilon: object = None  # a float, or {block: ε} when the gates' ε differ
     decision: str = None
-    discarded_blocks: tuple = ()
     flickering_blocks: tuple = ()  # ({block, closed_rate, closed_at_inference}, ...)
     recorded_errors: dict = dataclasses.field(default_factory=dict)
     check: dict = dataclasses.field(default_factory=dict)  # compression.lossless_check's record
@@ -59,9 +56,13 @@ class CompressedSpec:
     path: str = None
 
     @property
-    def full_structure(self):
-        """The structure of the network it was pruned from."""
-        return imagenet_structure(self.size) if size_key(self.dataset) == "depth" else cifar_structure(self.size)
+    def discarded_blocks(self):
+        """The blocks compression removed, in network order."""
+        return self.architecture.removed_blocks
+
+    @property
+    def image_shape(self):
+        return self.architecture.image_shape
 
     @property
     def weights_path(self):
@@ -72,9 +73,8 @@ class CompressedSpec:
 def dumps(spec):
     """The .cfg text of a spec."""
     raw = {"dataset": spec.dataset, "data_dir": spec.data_dir, "data_options": dict(spec.data_options),
-           size_key(spec.dataset): spec.size, "num_classes": spec.num_classes, "image_shape": list(spec.image_shape),
-           "eval_batch_size": spec.eval_batch_size, "stage_units": list(spec.structure.stage_units),
-           "first_block_kept": list(spec.structure.first_block_kept), "weights": spec.weights,
+           "num_classes": spec.num_classes, "eval_batch_size": spec.eval_batch_size,
+           "architecture": spec.architecture.to_config(), "weights": spec.weights,
            **{key: _plain(getattr(spec, key)) for key in RECORD_KEYS}}
     return HEADER + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None)
 
@@ -102,18 +102,20 @@ def read(path):
 
 def loads(raw, path):
     """A spec from a .cfg's parsed YAML (`path` names it in errors and resolves the weights)."""
-    _check_keys(path, raw)
-    size = size_key(raw["dataset"])
-    if not _is_int(raw.get(size)):
-        raise CompressionError(f"{path}: a {raw['dataset']} network needs an integer {size!r}, got {raw.get(size)!r}")
+    if isinstance(raw, dict) and "architecture" not in raw and "stage_units" in raw:
+        raw = _from_earlier_form(path, raw)
+    _check_keys(path, raw, REQUIRED_KEYS)
+    try:
+        architecture = Architecture.from_config(raw["architecture"])
+    except (ValueError, TypeError) as err:
+        raise CompressionError(f"{path}: architecture: {err}") from None
     eval_batch_size = raw.get("eval_batch_size", 128)
     if not _is_int(eval_batch_size) or eval_batch_size < 1:
         raise CompressionError(f"{path}: eval_batch_size must be a whole number >= 1, got {eval_batch_size!r}")
     record = {k: raw[k] for k in RECORD_KEYS if raw.get(k) is not None}
-    for key in ("discarded_blocks", "flickering_blocks", "warnings"):
+    for key in ("flickering_blocks", "warnings"):
         record[key] = tuple(record.get(key) or ())
-    return CompressedSpec(raw["dataset"], raw[size], _structure(path, raw, size), raw["num_classes"],
-                          tuple(raw["image_shape"]), raw["weights"], raw.get("data_dir"),
+    return CompressedSpec(raw["dataset"], architecture, raw["num_classes"], raw["weights"], raw.get("data_dir"),
                           dict(raw.get("data_options") or {}), eval_batch_size, path=path, **record)
 
 
@@ -121,13 +123,13 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_keys(path, raw):
+def _check_keys(path, raw, required):
     if not isinstance(raw, dict):
         raise CompressionError(f"{path}: expected a mapping written by compressModel.py, got {type(raw).__name__}")
-    for key, kind in REQUIRED_KEYS.items():
+    for key, kind in required.items():
         if key not in raw:
             raise CompressionError(f"{path}: missing key {key!r} (a compressModel.py .cfg has "
-                                   f"{', '.join(REQUIRED_KEYS)}, and n or depth)")
+                                   f"{', '.join(required)})")
         if not isinstance(raw[key], kind) or isinstance(raw[key], bool):
             raise CompressionError(f"{path}: {key} must be a {kind.__name__}, got {raw[key]!r}")
     if raw["dataset"] not in data.DATASETS:
@@ -135,17 +137,30 @@ def _check_keys(path, raw):
                                f"{', '.join(data.DATASETS)}")
 
 
-def _structure(path, raw, key):
-    """The kept Structure, checked against the full network it was pruned from."""
+def _from_earlier_form(path, raw):
+    """An earlier-form .cfg's mapping with the Architecture it describes in place of its own keys:
+    the preset of its n or depth without its discarded_blocks, which must leave the kept units
+    it lists."""
+    _check_keys(path, raw, EARLIER_KEYS)
+    sizes = [key for key in EARLIER_PRESETS if key in raw]
+    if len(sizes) != 1 or not _is_int(raw[sizes[0]]):
+        raise CompressionError(f"{path}: a .cfg without an architecture names the network it was pruned from by "
+                               f"one whole number, n or depth; got {({key: raw[key] for key in sizes})}")
+    size = sizes[0]
     try:
-        full = imagenet_structure(raw["depth"]) if key == "depth" else cifar_structure(raw["n"])
-        structure = Structure(full.family, raw["stage_units"], raw["first_block_kept"], full.bottleneck)
+        full = EARLIER_PRESETS[size](raw[size], gated=False, side_output=False, image_shape=raw["image_shape"])
+        architecture = full.compressed(raw.get("discarded_blocks") or ())
     except (ValueError, TypeError) as err:
         raise CompressionError(f"{path}: {err}") from None
-    if any(kept > units for kept, units in zip(structure.stage_units, full.stage_units)):
-        raise CompressionError(f"{path}: stage_units {list(structure.stage_units)} exceed the full network's "
-                               f"{list(full.stage_units)}")
-    return structure
+    units = architecture.units_per_stage()
+    first_kept = [architecture.has_block(s, 0) for s in range(len(units))]
+    if units != raw["stage_units"] or first_kept != raw["first_block_kept"]:
+        raise CompressionError(f"{path}: stage_units {raw['stage_units']} and first_block_kept "
+                               f"{raw['first_block_kept']} are not what {size} = {raw[size]} keeps without "
+                               f"discarded_blocks {list(architecture.removed_blocks)}: {units} and {first_kept}")
+    earlier = (*EARLIER_KEYS, size, "discarded_blocks")
+    return {**{k: v for k, v in raw.items() if k not in earlier or k == "dataset"},
+            "architecture": architecture.to_config()}
 
 
 def check_source_fits(spec, source):

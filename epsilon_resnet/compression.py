@@ -8,9 +8,11 @@ input, at every batch size. (The original decided from the is_discarded averages
 reached 1, and compared with a gated network that decided per batch: docs/tensorflow.md,
 "The gate at inference".)
 
-Weights are copied by the network's structure (unit k of stage s to its new place), and a
-check then runs both networks on the validation set, together with the original's per-batch
-gates for comparison.
+The compressed network is built from the gated network's Architecture without those blocks,
+and takes the gated network's weights layer by layer, by name: the mechanism of
+pruning.without_closed_blocks, which says why this one builds rather than clones. A check
+then runs both networks on the validation set, together with the original's per-batch gates
+for comparison.
 """
 import collections
 import os
@@ -19,14 +21,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from epsilon_resnet import batch_norm, checkpoints, compressed_cfg, run_folder
+from epsilon_resnet import batch_norm, checkpoints, compressed_cfg, pruning, run_folder
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.compressed_cfg import CompressedSpec
 from epsilon_resnet.errors import CompressionError
 from epsilon_resnet.evaluation import run_batches, top_k_wrong
-from epsilon_resnet.gate import CLOSED_AT_INFERENCE, StrictIdentity, gates_of, per_batch_inference
+from epsilon_resnet.gate import CLOSED_AT_INFERENCE, gates_of, per_batch_inference
 from epsilon_resnet.networks import build_resnet, network_parts
-from epsilon_resnet.structures import Structure, structure_for
+from epsilon_resnet.structures import architecture_for
 from epsilon_resnet.training import eval_batch_size
 
 DECISION = f"closed at inference: is_discarded moving average >= {CLOSED_AT_INFERENCE:g}"
@@ -43,7 +45,7 @@ def decide_at_inference(gated):
     closed on between FLICKERING and 1 − FLICKERING of their recent training steps, whose
     is_discarded average is closed_rate)."""
     gates = gates_of(gated)
-    discarded = [g.block for g in gates if g.closed_at_inference()]
+    discarded = [g.block for g in pruning.closed_gates(gated)]
     flickering = [{"block": g.block, "closed_rate": round(float(g.is_discarded.numpy()), 4),
                    "closed_at_inference": g.closed_at_inference()}
                   for g in gates if FLICKERING < float(g.is_discarded.numpy()) < 1.0 - FLICKERING]
@@ -51,70 +53,17 @@ def decide_at_inference(gated):
 
 
 # ---- the compressed network -----------------------------------------------------------------
-def compressed_structure(structure, discarded):
-    """(kept Structure, {(stage, old unit): (stage, new unit)}) for removing `discarded`.
-
-    Unit 0 of a stage stays unit 0 whether its block stays or only its shortcut path does
-    (a removed downsampling block still downsamples); the kept units 1.. are renumbered 1, 2, ...
-    """
-    names = {structure.block_name(s, u): (s, u) for s, n in enumerate(structure.stage_units) for u in range(n)}
-    unknown = sorted(set(discarded) - set(structure.block_names()))
-    if unknown:
-        raise CompressionError(f"cannot discard {unknown}: the network's blocks are {structure.block_names()}")
-    gone = {names[b] for b in discarded}
-    units, first_kept, moves = [], [], {}
-    for stage, count in enumerate(structure.stage_units):
-        kept = [0] + [u for u in range(1, count) if (stage, u) not in gone]
-        moves.update({(stage, old): (stage, new) for new, old in enumerate(kept)})
-        units.append(len(kept))
-        first_kept.append(structure.first_block_kept[stage] and (stage, 0) not in gone)
-    return Structure(structure.family, units, first_kept, structure.bottleneck), moves
-
-
-def copy_weights(gated, compressed, kept, moves):
-    """Assign every weight of `compressed` from the layer at the same place of `gated`.
-
-    Parts are matched by structure (stem, head, and unit k of stage s moved to its new
-    place); within a part, layers in build order. A unit reduced to its shortcut path
-    holds the first layers of the full unit (pre-activation, shortcut convolution); any
-    other part must match its source layer for layer. Gates and the side head have no
-    place in the compressed network.
-    """
-    sources = {part: [layer for layer in layers if not isinstance(layer, StrictIdentity)]
-               for part, layers in network_parts(gated).items()}
-    origin = {"stem": "stem", "head": "head", **{new: old for old, new in moves.items()}}
-    targets = network_parts(compressed)
-    if sum(map(len, targets.values())) != sum(1 for layer in compressed.layers if layer.weights):
-        raise CompressionError("network_parts misses layers of the compressed network: cannot copy by structure")
-    for part, layers in targets.items():
-        source = sources.get(origin[part], [])
-        whole = part in ("stem", "head") or part[1] > 0 or kept.first_block_kept[part[0]]
-        if len(source) < len(layers) or (whole and len(source) != len(layers)):
-            raise CompressionError(f"part {part} of the compressed network has {len(layers)} layers with weights, "
-                                   f"its source {origin[part]} in the gated network {len(source)}")
-        for target, origin_layer in zip(layers, source):
-            _copy_layer(origin_layer, target)
-
-
-def _copy_layer(source, target):
-    if type(source) is not type(target) or len(source.weights) != len(target.weights):
-        raise CompressionError(f"layer {target.name!r} ({type(target).__name__}) does not match its source "
-                               f"{source.name!r} ({type(source).__name__})")
-    for weight, value in zip(target.weights, source.weights):
-        if tuple(value.shape) != tuple(weight.shape):
-            raise CompressionError(f"layer {target.name!r}: weight {weight.name!r} has shape {tuple(weight.shape)} "
-                                   f"but its source {source.name!r} has {tuple(value.shape)}")
-        weight.assign(value)
-
-
-def compress_model(gated, structure, discarded):
-    """(compressed plain model with copied weights, its Structure, {(stage, old unit): (stage, new unit)})."""
-    kept, moves = compressed_structure(structure, discarded)
-    compressed = build_resnet(kept, gated.output["logits"].shape[-1], gated=False, side_output=False,
-                              image_shape=gated.input.shape[1:], name="compressed_resnet",
+def compress_model(gated, architecture, discarded):
+    """(compressed plain model with the weights of `gated`, its Architecture): `gated`, built
+    from `architecture`, without the blocks named in `discarded` and without its side head."""
+    try:
+        kept = architecture.compressed(discarded)
+    except ValueError as err:
+        raise CompressionError(str(err)) from None
+    compressed = build_resnet(kept, gated.output["logits"].shape[-1], name="compressed_resnet",
                               batch_norm_kind=batch_norm.kind_of(gated))
-    copy_weights(gated, compressed, kept, moves)
-    return compressed, kept, moves
+    pruning.copy_weights(gated, compressed)
+    return compressed, kept
 
 
 def network_cost(model):
@@ -139,8 +88,13 @@ def network_cost(model):
 
 
 # ---- the check ------------------------------------------------------------------------------
+def logit_tolerance(largest):
+    """The largest |logit difference| that counts as equal, for logits up to `largest` in size."""
+    return LOGIT_TOLERANCE * max(1.0, largest)
+
+
 def logits_equal(difference, largest):
-    return difference <= LOGIT_TOLERANCE * max(1.0, largest)
+    return difference <= logit_tolerance(largest)
 
 
 def lossless_check(gated, compressed, batches):
@@ -165,7 +119,7 @@ def lossless_check(gated, compressed, batches):
     return {"images": totals["images"], "batches": totals["batches"],
             "max_abs_logit_difference": totals["max_diff"],
             "logits_equal": logits_equal(totals["max_diff"], totals["largest"]),
-            "logit_tolerance": LOGIT_TOLERANCE * max(1.0, totals["largest"]),
+            "logit_tolerance": logit_tolerance(totals["largest"]),
             "gated_error": totals["gated"] / totals["images"],
             "compressed_error": totals["compressed"] / totals["images"],
             "per_batch_error": totals["per_batch"] / totals["images"]}
@@ -207,18 +161,17 @@ def compress_run(directory, step, check_batches=None, data_dir=None, source=None
     check_data = source.eval_dataset(config.train.eval_batch_size)
     if check_batches is not None:
         check_data = check_data.take(check_batches)
-    structure = structure_for(config.model, source.family)
-    compressed, kept, _ = compress_model(gated, structure, discarded)
+    architecture = architecture_for(config.model, source.family, source.image_shape)
+    compressed, kept = compress_model(gated, architecture, discarded)
     check = {**lossless_check(gated, compressed, check_data), "check_batches": check_batches,
              "batch_size": config.train.eval_batch_size}
     data_dir = data_dir or config.data.dir
-    size = compressed_cfg.size_key(config.data.name)
     spec = CompressedSpec(
-        config.data.name, getattr(config.model, size), kept, source.num_classes, tuple(source.image_shape),
-        run_folder.compressed_name(step), os.path.abspath(data_dir) if data_dir else None, dict(config.data.options),
+        config.data.name, kept, source.num_classes, run_folder.compressed_name(step),
+        os.path.abspath(data_dir) if data_dir else None, dict(config.data.options),
         config.train.eval_batch_size, source_checkpoint=os.path.basename(checkpoint), step=step,
         epoch=record["epoch"] if record else None, epsilon=_epsilon_record(gated), decision=DECISION,
-        discarded_blocks=tuple(discarded), flickering_blocks=tuple(flickering),
+        flickering_blocks=tuple(flickering),
         recorded_errors={k: float(v) for k, v in (record or {}).items() if k.startswith("val_error")},
         check=check, warnings=tuple(_warnings(check, flickering)),
         cost={"full": network_cost(gated), "compressed": network_cost(compressed)})
@@ -259,8 +212,7 @@ def publish(run_dir, step, compressed, spec):
 
 def load_compressed(spec):
     """The plain network a CompressedSpec describes, with its weights; every weight must fit."""
-    model = build_resnet(spec.structure, spec.num_classes, gated=False, side_output=False,
-                         image_shape=spec.image_shape, name="compressed_resnet")
+    model = build_resnet(spec.architecture, spec.num_classes, name="compressed_resnet")
     checkpoints.restore_model(model, spec.weights_path, exact=True)
     return model
 
@@ -268,11 +220,12 @@ def load_compressed(spec):
 def describe(spec, path):
     """What compressModel did, in a few lines."""
     full, small, check = spec.cost["full"], spec.cost["compressed"], spec.check
-    kept = spec.structure
+    kept = spec.architecture
     return "\n".join([
         f"step {spec.step}, ε = {spec.epsilon}: discarded {len(spec.discarded_blocks)} of "
-        f"{spec.full_structure.gated_blocks} blocks ({spec.decision}) {list(spec.discarded_blocks)}",
-        f"kept structure: stage_units {list(kept.stage_units)}, first_block_kept {list(kept.first_block_kept)}",
+        f"{len(kept.all_block_names())} blocks ({spec.decision}) {list(spec.discarded_blocks)}",
+        f"units per stage: {kept.units_per_stage()} of {list(kept.stage_units)}, first blocks kept: "
+        f"{[kept.has_block(s, 0) for s in range(len(kept.stage_units))]}",
         f"parameters {full['params']:,} -> {small['params']:,} ({small['params'] / full['params']:.1%}), "
         f"MACs per image {full['macs']:,} -> {small['macs']:,} ({small['macs'] / full['macs']:.1%})",
         f"check on {check['images']} validation images: logits {'equal' if check['logits_equal'] else 'DIFFER'} "

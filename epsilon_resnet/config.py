@@ -1,76 +1,130 @@
 """Experiment configuration: YAML files in configs/ → typed dataclasses, validated up front.
 
 Every number of docs/original.md §4–6 lives here, so a run folder's config.yaml says
-exactly what ran.
+exactly what ran. Each field declares its valid range or choices where it is defined
+(`within`, `one_of`), and `validate` checks them all before anything runs.
 """
 import dataclasses
 import math
 import os
+import re
 import typing
 
 import yaml
 
 from epsilon_resnet import data
-from epsilon_resnet.errors import ConfigError, DataError, FileError
-from epsilon_resnet.structures import BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, structure_for
+from epsilon_resnet.errors import ConfigError, FileError
+from epsilon_resnet.structures import (BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, GATE_SCOPES,
+                                       IMAGENET_DEPTHS, PRECISIONS, architecture_for)
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The numbers a field may hold: from low to high, each end included or not, None for no
+    end; never NaN or infinite. Written as in maths, "[0, 1)", or with one end, ">= 1", "> 0"."""
+    low: typing.Optional[float] = None
+    high: typing.Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    @classmethod
+    def parse(cls, text):
+        one_end = re.fullmatch(r"(>=|>) (\S+)", text)
+        if one_end:
+            return cls(low=float(one_end[2]), low_open=one_end[1] == ">")
+        start, low, high, end = re.fullmatch(r"([\[(])(\S+), (\S+)([\])])", text).groups()
+        return cls(float(low), float(high), start == "(", end == ")")
+
+    def __contains__(self, value):
+        above_low = self.low is None or value > self.low or (value == self.low and not self.low_open)
+        below_high = self.high is None or value < self.high or (value == self.high and not self.high_open)
+        return math.isfinite(value) and above_low and below_high
+
+    def __str__(self):
+        low, high = (None if x is None else str(int(x)) if x.is_integer() else f"{x:g}" for x in (self.low, self.high))
+        if high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def within(interval, default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING, each=None,
+           points=False, null_value=None):
+    """A config field whose numbers must lie in `interval` (Range.parse): the value itself, or
+    each element of a list of `each` (a type), or with points=True the value of each [epoch,
+    value] point of a schedule (null_value: what a null value stands for, if one is allowed)."""
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={
+        "range": Range.parse(interval), "each": each, "points": points, "null_value": null_value})
+
+
+def one_of(choices, default):
+    """A config field that holds one of `choices` (or null, if its type allows)."""
+    return dataclasses.field(default=default, metadata={"choices": tuple(choices)})
+
+
+EPOCHS = Range.parse(">= 0")  # the epochs of a schedule's points
 
 
 @dataclasses.dataclass
 class DataConfig:
-    name: str = "cifar10"            # one of data.DATASETS: cifar10 | cifar100 | svhn | imagenet | fake-imagenet
+    name: str = one_of(data.DATASETS, "cifar10")
     dir: typing.Optional[str] = None  # folder holding the dataset files (no download, ever)
     options: dict = dataclasses.field(default_factory=dict)  # passed to data.get_source (e.g. use_extra)
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    n: typing.Optional[int] = 18         # CIFAR/SVHN: depth 6n+2
-    depth: typing.Optional[int] = None   # ImageNet: 18, 34, 50, 101 or 152
-    epsilon: float = 2.5
+    n: typing.Optional[int] = within(">= 1", 18)  # CIFAR/SVHN: depth 6n+2
+    depth: typing.Optional[int] = one_of(IMAGENET_DEPTHS, None)  # ImageNet: 18, 34, 50, 101 or 152
+    width: int = within(">= 1", 1)  # CIFAR/SVHN: stage widths 16k, 32k, 64k (n 2, width 4: WRN-16-4's shape)
+    epsilon: float = within(">= 0", 2.5)  # a block is discarded when every |F| <= ε
     # [[epoch, ε], ...]: ε from the epoch after that one on (tensorpack's timing); empty keeps `epsilon`,
     # and so does a point whose ε is null (the original's later schedule: [[0, 0.0], [150, null]]).
-    epsilon_schedule: list = dataclasses.field(default_factory=list)
+    epsilon_schedule: list = within(">= 0", default_factory=list, points=True, null_value="model.epsilon, i.e. -e")
     gated: bool = True                   # False: the standard pre-activation ResNet baseline
     side_output: bool = True
-    side_loss_weight: float = 0.1
-    gate_ema_decay: float = GATE_EMA_DECAY
-    gate_inference: str = "stored"       # the gates at inference: stored (from training) or per_batch (the original)
-    data_format: str = "channels_last"   # or channels_first (NCHW): faster on GPUs; CPUs need NHWC
-    batch_norm: str = "fused"            # TensorFlow's fused kernel, as tensorpack's; or keras (Keras' own layer)
+    side_loss_weight: float = within(">= 0", 0.1)
+    gate_ema_decay: float = within("[0, 1)", GATE_EMA_DECAY)
+    # The gates at inference: stored (from training) or per_batch (the original).
+    gate_inference: str = one_of(GATE_INFERENCE_MODES, "stored")
+    # A training step's gate decides on the global batch (global), or on each replica's own share
+    # with replica 0's averages stored (per_replica, the original's per-GPU towers).
+    gate_scope: str = one_of(GATE_SCOPES, "global")
+    data_format: str = one_of(DATA_FORMATS, "channels_last")  # or channels_first (NCHW): faster on GPUs
+    batch_norm: str = one_of(BATCH_NORMS, "fused")  # TensorFlow's fused kernel, as tensorpack's; or keras
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    batch_size: int = 128                # images per step: per replica, or global (batch_per_replica: false)
+    batch_size: int = within(">= 1", 128)  # images per step: per replica, or global (batch_per_replica: false)
     batch_per_replica: bool = True       # CIFAR/SVHN: each GPU its own batch; ImageNet: one batch split
-    eval_batch_size: typing.Optional[int] = 128  # null: the per-replica training batch (ImageNet: 256 // GPUs)
-    eval_batches: typing.Optional[int] = None  # validate on the first K batches only (quick runs); None: all
-    max_epoch: int = 1000
-    steps_per_epoch: typing.Optional[int] = None  # None: training images // batch_size (whatever the GPUs)
-    momentum: float = 0.9
+    eval_batch_size: typing.Optional[int] = within(">= 1", 128)  # null: the per-replica training batch
+    eval_batches: typing.Optional[int] = within(">= 1", None)  # validate on the first K batches only; None: all
+    max_epoch: int = within(">= 1", 1000)
+    steps_per_epoch: typing.Optional[int] = within(">= 1", None)  # None: training images // batch_size
+    momentum: float = within("[0, 1)", 0.9)
     nesterov: bool = False
     # L2 coefficient on Σ ½‖W‖² over conv and dense kernels: wd · rate^⌊step / steps⌋.
-    weight_decay: float = 0.0002
-    weight_decay_rate: float = 0.2
-    weight_decay_steps: int = 480000
+    weight_decay: float = within(">= 0", 0.0002)
+    weight_decay_rate: float = within(">= 0", 0.2)
+    weight_decay_steps: int = within(">= 1", 480000)
     # Learning rate: (epoch, lr) points, each in force from the epoch after it (a point at 0: from
     # the start); lr_restart_schedule None = standard schedule.
-    lr_schedule: list = dataclasses.field(
-        default_factory=lambda: [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]])
-    lr_restart_schedule: typing.Optional[list] = dataclasses.field(
-        default_factory=lambda: [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]])
-    lr_restart_threshold: float = 1.0
-    lr_restart_last_k: int = 1
-    keep_checkpoints: int = 10           # the last K checkpoints stay in the run folder
-    keep_checkpoint_every_minutes: float = 30.0  # ... and one from every such interval, for good
+    lr_schedule: list = within(">= 0", points=True,
+                               default_factory=lambda: [[0, 0.1], [82, 0.01], [123, 0.001], [300, 0.0002]])
+    lr_restart_schedule: typing.Optional[list] = within(
+        ">= 0", points=True, default_factory=lambda: [[0, 0.1], [41, 0.01], [61, 0.001], [150, 0.0002]])
+    lr_restart_threshold: float = within("> 0", 1.0)  # a rise of discarded blocks that restarts the schedule
+    lr_restart_last_k: int = within(">= 1", 1)
+    keep_checkpoints: int = within(">= 1", 10)  # the last K checkpoints stay in the run folder
+    keep_checkpoint_every_minutes: float = within("> 0", 30.0)  # ... and one from every such interval, for good
     # Global steps (epoch ends) whose checkpoints are kept for good, in <run folder>/kept/.
-    keep_checkpoint_steps: list = dataclasses.field(default_factory=list)
-    seed: typing.Optional[int] = None
+    keep_checkpoint_steps: list = within(">= 1", default_factory=list, each=int)
+    seed: typing.Optional[int] = within(f"[0, {2 ** 32 - 1}]", None)  # NumPy's seeds
     deterministic: bool = False          # tf.config.experimental.enable_op_determinism(); needs a seed
-    mixed_precision: bool = False
+    precision: str = one_of(PRECISIONS, "float32")  # or mixed_float16 (with loss scaling) or mixed_bfloat16
     jit_compile: bool = False
     skip_closed_backward: bool = True    # no backward pass through the branch of a closed block
-    log_every: int = 1                   # steps between progress-bar updates
+    log_every: int = within(">= 1", 1)  # steps between progress-bar updates
 
 
 @dataclasses.dataclass
@@ -129,78 +183,88 @@ def build(cls, raw, source, section=None):
     return cls(**values)
 
 
+def read_mixed_precision(raw, source):
+    """The raw config with an earlier version's boolean train.mixed_precision read as
+    train.precision (true: mixed_float16), so that old run folders load and resume."""
+    train = raw.get("train") if isinstance(raw, dict) else None
+    if not isinstance(train, dict) or "mixed_precision" not in train:
+        return raw
+    train = dict(train)
+    mixed = train.pop("mixed_precision")
+    _check_type(f"{source}: train.mixed_precision", mixed, bool)
+    precision = "mixed_float16" if mixed else "float32"
+    if train.setdefault("precision", precision) != precision:
+        raise ConfigError(f"{source}: train.mixed_precision {mixed} contradicts train.precision "
+                          f"{train['precision']!r}; keep train.precision only")
+    return {**raw, "train": train}
+
+
 def from_dict(raw, source="config"):
     """Build a Config from nested dicts, naming any unknown key or mistyped value."""
-    config = build(Config, raw, source)
+    config = build(Config, read_mixed_precision(raw, source), source)
     validate(config, source)
     return config
 
 
-def _check_points(where, points, null_value=None):
-    """null_value: what a null value stands for, if a null value is allowed (named in the error)."""
-    def is_number(x):
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
+
+def _check_points(where, points, null_value=None):
+    """A schedule: [epoch, value] points, epochs >= 0 and increasing. null_value: what a null
+    value stands for, if a null value is allowed (named in the error)."""
     def is_point(p):
-        return (isinstance(p, (list, tuple)) and len(p) == 2 and is_number(p[0])
-                and (is_number(p[1]) or (null_value is not None and p[1] is None)))
+        return (isinstance(p, (list, tuple)) and len(p) == 2 and _is_number(p[0])
+                and (_is_number(p[1]) or (null_value is not None and p[1] is None)))
 
     if not points or not all(map(is_point, points)):
         values = "numbers" if null_value is None else f"numbers (or a null value: {null_value})"
         raise ConfigError(f"{where} must be a non-empty list of [epoch, value] pairs of {values}, got {points!r} "
                           f"(YAML reads 1e-3 and 1.0e30 as strings: write 0.001, 1.0e-3 or 1.0e+30)")
     epochs = [p[0] for p in points]
-    if epochs != sorted(epochs) or len(set(epochs)) != len(epochs):
-        raise ConfigError(f"{where} epochs must increase strictly, got {epochs}")
+    if epochs != sorted(epochs) or len(set(epochs)) != len(epochs) or not all(e in EPOCHS for e in epochs):
+        raise ConfigError(f"{where} epochs must increase strictly and be {EPOCHS}, got {epochs}")
+
+
+def _check_field(where, value, field):
+    """A field's value against its `within` range or `one_of` choices (null passed the type check)."""
+    if value is None:
+        return
+    if "choices" in field.metadata and value not in field.metadata["choices"]:
+        raise ConfigError(f"{where} must be one of {list(field.metadata['choices'])}, got {value!r}")
+    if "range" not in field.metadata:
+        return
+    meta, allowed = field.metadata, field.metadata["range"]
+    if meta["points"]:
+        if value or meta["null_value"] is None:  # an empty ε schedule keeps model.epsilon
+            _check_points(where, value, meta["null_value"])
+        numbers = [v for _, v in value if v is not None]
+    elif meta["each"]:
+        if not all(isinstance(v, meta["each"]) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{where} must be a list of {meta['each'].__name__}s {allowed}, got {value!r}")
+        numbers = value
+    else:
+        numbers = [value]
+    outside = [v for v in numbers if v not in allowed]
+    if outside:
+        what = "the values of its points" if meta["points"] else "each element" if meta["each"] else ""
+        nullable = type(None) in typing.get_args(field.type)
+        raise ConfigError(f"{where} must be {allowed}{' (or null)' if nullable else ''}"
+                          f"{f' ({what})' if what else ''}, got {outside[0] if what else value!r}")
 
 
 def validate(config, source="config"):
-    """Cross-field checks that the type checks cannot express."""
-    try:
-        imagenet = data.family_of(config.data.name) == "imagenet"
-    except DataError as err:
-        raise ConfigError(f"{source}: data.name: {err}") from None
-    try:  # the network's size (n or depth), checked by the one that builds its structure
-        structure_for(config.model, "imagenet" if imagenet else "cifar")
+    """Every field against its range or choices (`within`, `one_of`), then the checks across fields."""
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        for field in dataclasses.fields(values):
+            _check_field(f"{source}: {section.name}.{field.name}", getattr(values, field.name), field)
+    try:  # the network's shape (n or depth), checked by the preset that makes its architecture
+        architecture_for(config.model, data.family_of(config.data.name))
     except ConfigError as err:
         raise ConfigError(f"{source}: {err} ({config.data.name})") from None
-    if config.train.batch_size < 1 or config.train.max_epoch < 1:
-        raise ConfigError(f"{source}: train.batch_size and train.max_epoch must be >= 1")
-    if config.train.eval_batch_size is not None and config.train.eval_batch_size < 1:
-        raise ConfigError(f"{source}: train.eval_batch_size must be >= 1 (or null for the per-replica training "
-                          f"batch), got {config.train.eval_batch_size}")
-    if config.train.eval_batches is not None and config.train.eval_batches < 1:
-        raise ConfigError(f"{source}: train.eval_batches must be >= 1 (or null for the whole validation set), "
-                          f"got {config.train.eval_batches}")
-    if config.train.keep_checkpoint_every_minutes <= 0:
-        raise ConfigError(f"{source}: train.keep_checkpoint_every_minutes must be > 0, "
-                          f"got {config.train.keep_checkpoint_every_minutes}")
-    if config.train.keep_checkpoints < 1:
-        raise ConfigError(f"{source}: train.keep_checkpoints must be >= 1 (the last K checkpoints are kept), "
-                          f"got {config.train.keep_checkpoints}")
-    steps = config.train.keep_checkpoint_steps
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in steps):
-        raise ConfigError(f"{source}: train.keep_checkpoint_steps must be a list of global steps >= 1, got {steps!r}")
     if config.train.deterministic and config.train.seed is None:
         raise ConfigError(f"{source}: train.deterministic needs train.seed: without a seed no two runs are alike")
-    _check_points(f"{source}: train.lr_schedule", config.train.lr_schedule)
-    if config.train.lr_restart_schedule is not None:
-        _check_points(f"{source}: train.lr_restart_schedule", config.train.lr_restart_schedule)
-    if config.model.epsilon_schedule:
-        _check_points(f"{source}: model.epsilon_schedule", config.model.epsilon_schedule,
-                      null_value="model.epsilon, i.e. -e")
-    epsilons = [config.model.epsilon] + [eps for _, eps in config.model.epsilon_schedule if eps is not None]
-    if not all(math.isfinite(eps) and eps >= 0 for eps in epsilons):
-        raise ConfigError(f"{source}: ε must be a finite number >= 0 (a block is discarded when every |F| <= ε), "
-                          f"got {epsilons}")
-    if config.model.gate_inference not in GATE_INFERENCE_MODES:
-        raise ConfigError(f"{source}: model.gate_inference must be one of {GATE_INFERENCE_MODES}, "
-                          f"got {config.model.gate_inference!r}")
-    if config.model.data_format not in DATA_FORMATS:
-        raise ConfigError(f"{source}: model.data_format must be one of {DATA_FORMATS}, "
-                          f"got {config.model.data_format!r}")
-    if config.model.batch_norm not in BATCH_NORMS:
-        raise ConfigError(f"{source}: model.batch_norm must be one of {BATCH_NORMS}, got {config.model.batch_norm!r}")
 
 
 def epsilon_is_used(model):

@@ -55,11 +55,10 @@ def moving_average_decay(ema_decay, updates):
 
 
 def cross_replica(max_abs, mean_abs):
-    """Reduce the per-replica statistics so every replica takes the same gate decision.
-
-    The original let each GPU gate its own share of the batch; here the gate is a function
-    of the global batch, so which blocks close does not depend on the number of replicas.
-    Replicas hold equal shares, so the mean of their means is the global mean.
+    """Reduce the per-replica statistics so every replica takes the same gate decision (the
+    "global" gate scope): the gate is a function of the global batch, so which blocks close does
+    not depend on the number of replicas. Replicas hold equal shares, so the mean of their
+    means is the global mean.
     """
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync == 1:
@@ -68,8 +67,18 @@ def cross_replica(max_abs, mean_abs):
     return tf.reduce_max(stats[:, 0]), tf.reduce_mean(stats[:, 1])
 
 
-def branch_statistics(residual, training):
-    """max |F| and (on training steps, for the monitor) mean |F|, in float32, over all replicas.
+def replica_zero(values):
+    """Replica 0's float32 scalars `values`, on every replica (one all_gather), or `values`
+    themselves outside a strategy with several replicas."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return values
+    return tf.unstack(ctx.all_gather(tf.stack(values)[tf.newaxis], axis=0)[0], num=len(values))
+
+
+def branch_statistics(residual, training, scope="global"):
+    """max |F| and (on training steps, for the monitor) mean |F|, in float32, over all replicas
+    (scope "global") or over this replica's share of the batch ("per_replica").
 
     No gradient flows through them (the gate is a step function of F), so the backward pass
     keeps no copy of |F|. On training steps |F| is materialised once and read by both
@@ -83,7 +92,8 @@ def branch_statistics(residual, training):
         max_abs, mean_abs = tf.reduce_max(abs_f), tf.reduce_mean(tf.cast(abs_f, tf.float32))
     else:
         max_abs, mean_abs = tf.maximum(tf.reduce_max(f), -tf.reduce_min(f)), tf.zeros([])
-    return cross_replica(tf.cast(max_abs, tf.float32), mean_abs)
+    max_abs = tf.cast(max_abs, tf.float32)
+    return cross_replica(max_abs, mean_abs) if scope == "global" else (max_abs, mean_abs)
 
 
 @tf.custom_gradient
@@ -182,6 +192,14 @@ class StrictIdentity(keras.layers.Layer):
     `updates` (int64), how many updates they have had. `is_discarded` reaches 1 only after a
     block has stayed closed for a few hundred steps, which is what the original's compression
     looked for.
+
+    Under a tf.distribute strategy every replica updates its own copy of the weights with the
+    same values: with the gate scope "global" every replica decides on the whole batch; with
+    "per_replica" (`scope`, a training-step setting like `skip_closed_backward`) each replica
+    decides on its own share of the batch, as the original's towers did, and the averages are
+    updated with replica 0's values (`replica_zero`), so the stored averages, hence the
+    learning-rate restarts and the decision at inference, are replica 0's, as the original's
+    were tower 0's (docs/original.md §1).
     """
 
     def __init__(self, epsilon=0.0, block=None, ema_decay=GATE_EMA_DECAY, inference="stored", **kwargs):
@@ -194,8 +212,9 @@ class StrictIdentity(keras.layers.Layer):
         self.initial_epsilon = float(epsilon)
         self.block = block or self.name  # the user-facing block name, e.g. "res2.9" or "group2/block9"
         self.ema_decay = float(ema_decay)
-        # A training-step setting (train.skip_closed_backward), not part of the saved layer.
+        # Training-step settings (train.skip_closed_backward, model.gate_scope), not part of the saved layer.
         self.skip_closed_backward = True
+        self.scope = "global"
 
     def build(self, input_shape):
         def weight(name, initializer="zeros", dtype="float32"):
@@ -211,10 +230,11 @@ class StrictIdentity(keras.layers.Layer):
         shortcut, residual = inputs if isinstance(inputs, (list, tuple)) else (None, inputs)
         if not training and self.inference == "stored":
             return self.stored_gate_call(shortcut, residual)
-        max_abs, mean_abs = branch_statistics(residual, training)
+        max_abs, mean_abs = branch_statistics(residual, training, self.scope)
         gate = gate_is_open(max_abs, self.epsilon)
         if training:
-            self.update_monitors((1.0 - gate, max_abs, mean_abs))
+            values = (1.0 - gate, max_abs, mean_abs)
+            self.update_monitors(values if self.scope == "global" else replica_zero(values))
         if shortcut is None:
             return residual * tf.cast(gate, residual.dtype)
         if training and self.skip_closed_backward:

@@ -1,13 +1,13 @@
 """Pre-activation ResNets ("Identity Mappings in Deep Residual Networks") for CIFAR/SVHN and
-ImageNet (docs/original.md §2-3).
+ImageNet (docs/original.md §2-3), built from an `Architecture` (structures.py).
 
-One builder serves the gated ε-ResNet, the plain baselines and the pruned networks that
-compression produces: the network is described by a `Structure` (units per stage, and
-whether each stage's first, downsampling block is a real block or only its shortcut path)
-plus flags for the gate and the side head. The builder records which part of the structure
-(stem, unit k of stage s, side head, head) created each layer, so `network_parts` can pair
-the weights of two networks unit by unit. Layer names stay deterministic (`res2.9_conv1`,
-`group2_block9_conv1`) for people reading a summary or a checkpoint.
+One builder serves the gated ε-ResNet, the plain baselines, the wider CIFAR networks and the
+pruned networks that compression produces: the architecture says which blocks there are,
+how wide, with which shortcuts, whether they are gated and where the side head is. The
+builder records which part of the architecture (stem, unit k of stage s, side head, head)
+created each layer (`network_parts`). Layer names are deterministic and follow the blocks
+(`res2.9_conv1`, `group2_block9_conv1`), whatever was removed before them, so a compressed
+network's layers carry the names of the gated network's layers they come from.
 """
 import keras
 import numpy as np
@@ -16,8 +16,7 @@ import tensorflow as tf
 from epsilon_resnet import batch_norm
 from epsilon_resnet.errors import ConfigError
 from epsilon_resnet.gate import StrictIdentity
-from epsilon_resnet.structures import (DATA_FORMATS, GATE_EMA_DECAY, STAGE_WIDTHS, Structure, side_position,
-                                       structure_for)
+from epsilon_resnet.structures import DATA_FORMATS, GATE_EMA_DECAY, Architecture, architecture_for
 
 _PARTS = "_epsilon_resnet_parts"  # model attribute: {part: [names of layers with weights]}, see network_parts
 
@@ -71,27 +70,12 @@ class ChannelPad(keras.layers.Layer):
         return {**super().get_config(), "pad": self.pad, "data_format": self.data_format}
 
 
-def first_unit_rules(structure, stage):
-    """(stride, pre-activation, shortcut) of a stage's first block (docs/original.md §3).
-
-    pre-activation: "none" (the stem's BN-ReLU already ran), "bnrelu" (shortcut from the raw
-    input) or "both" (ImageNet's both_preact: the shortcut too sees the pre-activated input).
-    shortcut: "identity", "pool_pad" (CIFAR) or "conv" (ImageNet convshortcut).
-    """
-    if stage == 0:
-        widens = structure.family == "imagenet" and structure.bottleneck  # 64 -> 256 channels
-        return 1, "none", "conv" if widens else "identity"
-    if structure.family == "cifar":
-        return 2, "bnrelu", "pool_pad"
-    return 2, "both", "conv"
-
-
 class _Builder:
     """Creates the layers of one network and records, in build order, the part of the
-    structure each belongs to ("stem", "head", "side" or (stage, unit))."""
+    architecture each belongs to ("stem", "head", "side" or (stage, block))."""
 
-    def __init__(self, structure, data_format, gate, batch_norm_kind):
-        self.structure, self.data_format, self.gate = structure, data_format, gate  # gate: kwargs or None
+    def __init__(self, architecture, data_format, gate, batch_norm_kind):
+        self.architecture, self.data_format, self.gate = architecture, data_format, gate  # gate: kwargs or None
         self.batch_norm_kind = batch_norm_kind
         self.part, self.parts = "stem", {}
 
@@ -119,23 +103,27 @@ class _Builder:
                                                  2.0, "fan_in", "truncated_normal")), x)
 
     def stem(self, images, pixel_mean, pixel_scale):
-        cifar = self.structure.family == "cifar"
+        stem = self.architecture.stem
         image_shape = tuple(images.shape[1:])
-        normalization = PixelNormalization(image_shape if cifar else (3,), () if cifar else (3,), name="preprocess")
+        shapes = (image_shape, ()) if stem.normalization == "per_pixel" else ((image_shape[-1],),) * 2
+        normalization = PixelNormalization(*shapes, name="preprocess")
         x = self.apply(normalization, images)
         normalization.store(pixel_mean, pixel_scale)
         if self.data_format == "channels_first":
             x = self.apply(keras.layers.Permute((3, 1, 2), name="to_channels_first"), x)
-        if cifar:
-            return self.bn_relu(self.conv(x, 16, 3, "conv0"), "conv0")
-        x = self.bn_relu(self.conv(x, 64, 7, "conv0", stride=2), "conv0")
+        x = self.bn_relu(self.conv(x, stem.width, stem.kernel, "conv0", stride=stem.stride), "conv0")
+        if not stem.max_pool:
+            return x
         return self.apply(keras.layers.MaxPooling2D(3, strides=2, padding="same", data_format=self.data_format,
                                                     name="pool0"), x)
 
     def shortcut(self, x, kind, out_width, stride, prefix):
         if kind == "pool_pad":
-            x = self.apply(keras.layers.AveragePooling2D(2, data_format=self.data_format, name=f"{prefix}_pool"), x)
-            return self.apply(ChannelPad(out_width // 4, self.data_format, name=f"{prefix}_pad"), x)
+            if stride > 1:
+                x = self.apply(keras.layers.AveragePooling2D(stride, data_format=self.data_format,
+                                                             name=f"{prefix}_pool"), x)
+            in_width = x.shape[1 if self.data_format == "channels_first" else -1]
+            return self.apply(ChannelPad((out_width - in_width) // 2, self.data_format, name=f"{prefix}_pad"), x)
         if kind == "conv":
             return self.conv(x, out_width, 1, f"{prefix}_convshortcut", stride)
         return x
@@ -143,23 +131,22 @@ class _Builder:
     def branch(self, x, width, out_width, stride, prefix):
         """The residual branch F: two 3×3 convs, or 1×1-3×3-1×1 with the stride on the 3×3
         (as fb.resnet.torch and the original did)."""
-        if self.structure.bottleneck:
+        if self.architecture.bottleneck:
             h = self.bn_relu(self.conv(x, width, 1, f"{prefix}_conv1"), f"{prefix}_conv1")
             h = self.bn_relu(self.conv(h, width, 3, f"{prefix}_conv2", stride), f"{prefix}_conv2")
             return self.conv(h, out_width, 1, f"{prefix}_conv3")
         h = self.bn_relu(self.conv(x, width, 3, f"{prefix}_conv1", stride), f"{prefix}_conv1")
         return self.conv(h, width, 3, f"{prefix}_conv2")
 
-    def unit(self, x, stage, unit):
-        """One unit: a full pre-activation block, or (a discarded first block) its shortcut alone."""
-        structure = self.structure
-        self.part = (stage, unit)
+    def unit(self, x, stage, block):
+        """One unit: a full pre-activation block, or (a removed first block) its shortcut alone."""
+        architecture = self.architecture
+        self.part = (stage, block)
         self.parts[self.part] = []  # listed even when it creates no layer (an identity shortcut)
-        width = STAGE_WIDTHS[structure.family][stage]
-        out_width = width * 4 if structure.bottleneck else width
-        block, has_branch = structure.block_name(stage, unit), structure.has_block(stage, unit)
-        prefix = block.replace("/", "_")
-        stride, preact, kind = first_unit_rules(structure, stage) if unit == 0 else (1, "bnrelu", "identity")
+        width, out_width = architecture.stage_widths[stage], architecture.out_width(stage)
+        name, has_branch = architecture.block_name(stage, block), architecture.has_block(stage, block)
+        prefix = name.replace("/", "_")
+        stride, preact, kind = architecture.first_unit(stage) if block == 0 else (1, "bnrelu", "identity")
         needs_preact = preact != "none" and (has_branch or preact == "both")
         branch_in = self.bn_relu(x, f"{prefix}_preact") if needs_preact else x
         shortcut = self.shortcut(branch_in if preact == "both" else x, kind, out_width, stride, prefix)
@@ -168,80 +155,72 @@ class _Builder:
         residual = self.branch(branch_in, width, out_width, stride, prefix)
         if self.gate is None:
             return self.apply(keras.layers.Add(name=f"{prefix}_add"), [shortcut, residual])
-        return self.apply(StrictIdentity(block=block, name=f"{prefix}_gate", **self.gate), [shortcut, residual])
+        return self.apply(StrictIdentity(block=name, name=f"{prefix}_gate", **self.gate), [shortcut, residual])
 
     def part_names(self):
         return {part: [layer.name for layer in layers if layer.weights] for part, layers in self.parts.items()}
 
 
-def build_resnet(structure, num_classes, *, gated=True, side_output=True, epsilon=0.0, ema_decay=GATE_EMA_DECAY,
-                 gate_inference="stored", pixel_mean=None, pixel_scale=None, image_shape=None, name=None,
-                 data_format="channels_last", batch_norm_kind="fused"):
-    """Build a pre-activation ResNet; outputs {"logits"} and, with side_output, {"side_logits"}.
+def build_resnet(architecture, num_classes, *, epsilon=0.0, ema_decay=GATE_EMA_DECAY, gate_inference="stored",
+                 pixel_mean=None, pixel_scale=None, name=None, data_format="channels_last", batch_norm_kind="fused"):
+    """Build the pre-activation ResNet an Architecture describes, for images of its
+    image_shape; outputs {"logits"} and, with a side head, {"side_logits"}.
 
-    With `gated`, every real block ends in a StrictIdentity gate (threshold `epsilon`,
+    In a gated architecture every block ends in a StrictIdentity gate (threshold `epsilon`,
     monitoring decay `ema_decay`, inference mode `gate_inference`, see structures.GATE_INFERENCE_MODES) that
     adds the gated branch to the shortcut; read and set ε
     with `gate.epsilon_of` / `gate.set_epsilon`. `pixel_mean` and `pixel_scale` (a data
-    source's, broadcast to a per-pixel mean on CIFAR and per-channel constants on ImageNet;
-    None: 0 and 1) normalise the raw 0–255 input inside the model.
+    source's, broadcast to the stem's per-pixel or per-channel constants; None: 0 and 1)
+    normalise the raw 0–255 input inside the model.
     `data_format="channels_first"` (NCHW, faster on GPUs) still takes NHWC images and
     transposes them after normalisation. The transpose is a layer of its own, so a checkpoint
     restores only into a network of the layout it was trained with. `batch_norm_kind` (one
     of BATCH_NORMS) picks TensorFlow's fused kernel or Keras' own layer; both hold the same
     weights, so either restores the other's checkpoints.
     """
-    if not isinstance(structure, Structure):
-        raise TypeError(f"structure must be a Structure, got {type(structure).__name__}")
+    if not isinstance(architecture, Architecture):
+        raise TypeError(f"architecture must be an Architecture, got {type(architecture).__name__}")
     if data_format not in DATA_FORMATS:
         raise ConfigError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    image_shape = tuple(image_shape or ((32, 32, 3) if structure.family == "cifar" else (224, 224, 3)))
-    side_at = side_position(structure) if side_output else None
-    if side_at is not None and not (0 <= side_at[1] < structure.stage_units[side_at[0]]):
-        raise ValueError(f"side head position {side_at} lies outside stage_units={list(structure.stage_units)}")
 
-    builder = _Builder(structure, data_format,
-                       dict(epsilon=epsilon, ema_decay=ema_decay, inference=gate_inference) if gated else None,
-                       batch_norm_kind)
-    images = keras.Input(image_shape, name="images")
+    gate = dict(epsilon=epsilon, ema_decay=ema_decay, inference=gate_inference) if architecture.gated else None
+    builder = _Builder(architecture, data_format, gate, batch_norm_kind)
+    images = keras.Input(architecture.image_shape, name="images")
     x = builder.stem(images, pixel_mean, pixel_scale)
     outputs = {}
-    for stage, unit in structure.units():
-        x = builder.unit(x, stage, unit)
-        if side_at == (stage, unit):
+    for stage, block in architecture.units():
+        x = builder.unit(x, stage, block)
+        if architecture.side_head == (stage, block):
             builder.part = "side"
             outputs["side_logits"] = builder.classifier(x, num_classes, "side_linear", "side")
     builder.part = "head"
     outputs = {"logits": builder.classifier(x, num_classes, "linear", "bnlast"), **outputs}
-    model = keras.Model(images, outputs, name=name or ("epsilon_resnet" if gated else "resnet"))
+    model = keras.Model(images, outputs, name=name or ("epsilon_resnet" if architecture.gated else "resnet"))
     setattr(model, _PARTS, builder.part_names())
     return model
 
 
 def build_from_config(model_config, source):
-    """The network a ModelConfig describes for a DataSource (its family, classes, image shape
-    and normalisation), with the gates' initial ε and monitoring decay from the config."""
-    return build_resnet(structure_for(model_config, source.family), source.num_classes,
-                        gated=model_config.gated, side_output=model_config.side_output,
+    """The network a ModelConfig describes for a DataSource (its family's preset, classes, image
+    shape and normalisation), with the gates' initial ε and monitoring decay from the config."""
+    return build_resnet(architecture_for(model_config, source.family, source.image_shape), source.num_classes,
                         epsilon=model_config.epsilon, ema_decay=model_config.gate_ema_decay,
                         gate_inference=model_config.gate_inference,
                         pixel_mean=source.pixel_mean, pixel_scale=source.pixel_scale,
-                        image_shape=source.image_shape, data_format=model_config.data_format,
-                        batch_norm_kind=model_config.batch_norm)
+                        data_format=model_config.data_format, batch_norm_kind=model_config.batch_norm)
 
 
 def network_parts(model):
     """{part: [layers with weights, in build order]} for a model built by `build_resnet`.
 
-    part is "stem" (normalisation, conv0), "head", "side" or (stage, unit) for each unit of
-    the structure. Two networks built from structures with the same kind of unit (s, k) and
-    (s, k') have lists of the same layer types and weight shapes, so weights are copied unit
-    by unit, whatever the names. A gated unit's list ends with its StrictIdentity gate, which
-    a plain network lacks. A unit is listed shortcut first, so a discarded first block's
-    shortcut unit (none on CIFAR; pre-activation and convshortcut on ImageNet) lists a prefix
-    of the full block's layers.
+    part is "stem" (normalisation, conv0), "head", "side" or (stage, block) for each unit of
+    the architecture. Two networks whose architectures have the same kind of unit (s, k) and
+    (s, k') have lists of the same layer types and weight shapes. A gated unit's list ends
+    with its StrictIdentity gate, which a plain network lacks. A unit is listed shortcut
+    first, so a removed first block's shortcut unit (none on CIFAR; pre-activation and
+    convshortcut on ImageNet) lists a prefix of the full block's layers.
     """
     names = getattr(model, _PARTS, None)
     if names is None:

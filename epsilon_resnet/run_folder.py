@@ -18,6 +18,7 @@ an earlier version appended to) with a warning on the "epsilon_resnet" logger, a
 `repair_cut_tail` moves it aside before a resumed run appends.
 """
 import contextlib
+import dataclasses
 import fcntl
 import itertools
 import json
@@ -123,25 +124,34 @@ def read_config(run_dir):
     return config_lib.load(os.path.join(run_dir, CONFIG_FILE))
 
 
-def prepare(run_dir, config, write=True):
-    """Create the run folder, or check that an existing one belongs to the same model and data.
+def same_run(run_dir, config):
+    """The config of the run already in run_dir (None if there is none), once it is checked to be
+    the same run as `config`: the same network (model) and dataset (data), wherever the
+    dataset's files are now (data.dir is not part of the run: a run resumes after its data moved)."""
+    path = os.path.join(run_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    saved = config_lib.load(path)
+    for section in ("model", "data"):
+        ours, theirs = (dataclasses.replace(getattr(c, section), **({"dir": None} if section == "data" else {}))
+                        for c in (saved, config))
+        if ours != theirs:
+            raise RunError(f"{run_dir} holds a run with a different '{section}' configuration ({ours} vs {theirs}); "
+                           f"choose another `run_dir` or move that folder away")
+    return saved
 
-    config.yaml is written once; a resumed run may change training settings (e.g. more
-    epochs) but not the network or dataset its checkpoints belong to. write=False (a
-    non-chief worker) only checks.
+
+def prepare(run_dir, config, write=True):
+    """Create the run folder, or check that an existing one holds the same run (`same_run`).
+
+    config.yaml is written once and never edited; a resumed run may change training
+    settings (e.g. more epochs) and where its data is, but not the network or dataset its
+    checkpoints belong to. write=False (a non-chief worker) only checks.
     """
     if write:
         os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, CONFIG_FILE)
-    if os.path.exists(path):
-        saved = config_lib.load(path)
-        for section in ("model", "data"):
-            if getattr(saved, section) != getattr(config, section):
-                raise RunError(f"{run_dir} holds a run with a different '{section}' configuration "
-                               f"({getattr(saved, section)} vs {getattr(config, section)}); "
-                               f"choose another `run_dir` or move that folder away")
-    elif write:
-        write_new_file(path, config_lib.dump(config))
+    if same_run(run_dir, config) is None and write:
+        write_new_file(os.path.join(run_dir, CONFIG_FILE), config_lib.dump(config))
 
 
 @contextlib.contextmanager

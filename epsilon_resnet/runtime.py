@@ -8,9 +8,8 @@ import tensorflow as tf
 
 
 def configure(train_config):
-    """Apply a TrainConfig's mixed_precision, seed and deterministic settings to this process."""
-    if train_config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    """Apply a TrainConfig's precision, seed and deterministic settings to this process."""
+    keras.mixed_precision.set_global_policy(train_config.precision)
     if train_config.seed is not None:
         keras.utils.set_random_seed(train_config.seed)
     if train_config.deterministic:

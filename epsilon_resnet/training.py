@@ -19,10 +19,10 @@ import tensorflow as tf
 
 from epsilon_resnet import callbacks as cbs
 from epsilon_resnet import config as config_lib
-from epsilon_resnet import checkpoints, console, data, distribute, losses, run_folder, runtime
+from epsilon_resnet import checkpoints, console, data, distribute, losses, run_folder, runtime, structures
 from epsilon_resnet.console import logger, setup_logging
 from epsilon_resnet.data import files
-from epsilon_resnet.errors import Interrupted, RunError
+from epsilon_resnet.errors import ConfigError, Interrupted, RunError
 from epsilon_resnet.evaluation import Evaluator
 from epsilon_resnet.gate import gates_of
 from epsilon_resnet.networks import build_from_config, kernels
@@ -82,10 +82,16 @@ def eval_batch_size(train, replicas):
     return train.eval_batch_size or per_replica_batch(train, replicas)
 
 
+def loss_scaled(train):
+    """Whether the loss is scaled: under float16 only, whose range small gradients fall out of;
+    bfloat16 has float32's range."""
+    return train.precision == "mixed_float16"
+
+
 def build_optimizer(train, learning_rate):
-    """TF1's momentum rule (docs/original.md §4), loss-scaled under mixed precision."""
+    """TF1's momentum rule (docs/original.md §4), loss-scaled under float16."""
     optimizer = TF1Momentum(learning_rate, momentum=train.momentum, nesterov=train.nesterov)
-    return keras.optimizers.LossScaleOptimizer(optimizer) if train.mixed_precision else optimizer
+    return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaled(train) else optimizer
 
 
 class Trainer:
@@ -106,7 +112,7 @@ class Trainer:
         with self.strategy.scope():
             self.model = build_from_config(config.model, self.source)
             for gate in gates_of(self.model):
-                gate.skip_closed_backward = train.skip_closed_backward
+                gate.skip_closed_backward, gate.scope = train.skip_closed_backward, config.model.gate_scope
             self.optimizer = self.model.optimizer = build_optimizer(train, self.policy.lr_at(1))
             self.optimizer.build(self.model.trainable_variables)
             # The training stream's seed: train.seed, or one drawn when the run starts. Kept in
@@ -133,13 +139,13 @@ class Trainer:
                                                           train.weight_decay_rate, train.weight_decay_steps)
             wd_cost = losses.weight_decay_cost(kernels(self.model), coefficient)
             loss += tf.nn.scale_regularization_loss(wd_cost)
-            scaled = self.optimizer.scale_loss(loss) if train.mixed_precision else loss
+            scaled = self.optimizer.scale_loss(loss) if loss_scaled(train) else loss
         variables = self.model.trainable_variables
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         replicas = self.strategy.num_replicas_in_sync
         stats.update(cost=loss, wd_cost=wd_cost / replicas, stop_requests=tf.cast(stop, tf.float32))
         gates = gates_of(self.model)
-        if gates:  # identical on every replica (one gate decision per global batch): sum, then divide
+        if gates:  # identical on every replica (global, or replica 0's per replica): sum, then divide
             stats["discarded_cnt"] = tf.add_n([tf.convert_to_tensor(g.is_discarded) for g in gates]) / replicas
         return stats
 
@@ -227,7 +233,6 @@ class Trainer:
         SIGINT (Ctrl-C) or SIGTERM, during training or evaluation, keeps a checkpoint of the
         step reached and raises Interrupted; a non-finite loss raises RunError and saves nothing.
         """
-        self._check_kept_steps()
         if self.strategy.cluster_resolver is not None:
             self._check_workers_agree()
         callbacks = self.callbacks(extra_callbacks)
@@ -243,11 +248,40 @@ class Trainer:
         callbacks.on_train_end()
         return self.model
 
-    def _check_kept_steps(self):
-        not_epoch_ends = sorted(s for s in self.config.train.keep_checkpoint_steps if s % self.steps_per_epoch)
-        if not_epoch_ends:
-            raise RunError(f"train.keep_checkpoint_steps {not_epoch_ends} are not epoch ends: checkpoints are "
-                           f"written every {self.steps_per_epoch} steps, at the end of each epoch")
+    def start(self, latest=None, load=None):
+        """Restore the run's `latest` checkpoint, or `load` another's variables (refused when its
+        weights do not fit), and check that every kept step is a checkpoint this run writes: an
+        epoch end after its last one, or one kept/ already holds. Writes nothing."""
+        if latest:
+            self.resume(latest)
+        elif load:
+            self.load_variables(load)
+        last_end = self.global_step - self.state.values["step_in_epoch"]
+        kept = run_folder.steps_in(os.path.join(self.run_dir, run_folder.KEPT_FOLDER))
+        refused = sorted(s for s in self.config.train.keep_checkpoint_steps
+                         if (s <= last_end or (s - last_end) % self.steps_per_epoch) and s not in kept)
+        if refused:
+            ends = [last_end + k * self.steps_per_epoch for k in (1, 2)]
+            raise RunError(f"train.keep_checkpoint_steps {refused} are not checkpoints this run will write: it "
+                           f"writes one at the end of each epoch, every {self.steps_per_epoch} steps, the next at "
+                           f"global steps {ends[0]}, {ends[1]}, ... (a step already passed is kept only if "
+                           f"{run_folder.KEPT_FOLDER}/ holds it)")
+
+    def position(self):
+        """Where the run stands, in the log's words: "step 2 of epoch 3" or "the end of epoch 2"."""
+        state = self.state.values
+        return (f"step {state['step_in_epoch']} of epoch {state['epoch'] + 1}" if state["step_in_epoch"]
+                else f"the end of epoch {state['epoch']}")
+
+    def finished(self):
+        """Whether the run has trained its max_epoch epochs; if so, says so and how to extend it."""
+        epoch, max_epoch = self.state.values["epoch"], self.config.train.max_epoch
+        if epoch < max_epoch:
+            return False
+        logger.info("%s is finished: its last checkpoint ends epoch %d (global step %d) and train.max_epoch is %d; "
+                    "nothing was written. To train it further, run again with a higher max epoch (--max-epoch %d)",
+                    self.run_dir, epoch, self.global_step, max_epoch, epoch + 1)
+        return True
 
     def _log_start(self):
         state = self.state.values
@@ -332,32 +366,63 @@ def _start_point(run_dir, load, resume):
     return latest
 
 
+def check_fits_in_memory(config, source, replicas):
+    """Refuse a network whose training cannot fit in this machine's memory, before it is built
+    (a huge -n would hang building the graph)."""
+    architecture = structures.architecture_for(config.model, source.family, source.image_shape)
+    batch = per_replica_batch(config.train, replicas)
+    needed = structures.training_bytes(architecture, source.image_shape[0], batch)
+    available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if needed > available:
+        raise ConfigError(f"the network of {architecture.gated_blocks} residual blocks needs at least "
+                          f"{needed / 2 ** 30:,.1f} GiB to train on batches of {batch} images (an estimate from "
+                          f"its architecture: kernels, their gradients and momentum, and every convolution's input), "
+                          f"more than the {available / 2 ** 30:,.1f} GiB of memory of this machine; choose a "
+                          f"smaller network or batch")
+
+
 def train_and_evaluate(config, run_dir, load=None, resume=False, strategy=None, progress=True, extra_callbacks=()):
     """Train a config into run_dir: resume from its latest checkpoint, else start from `load` or scratch.
 
-    resume=True insists on a checkpoint to resume from. The dataset and the `load`
-    checkpoint are checked before the run folder is created, so a mistyped path leaves
-    nothing behind. In a multi-worker run only the chief writes run_dir.
+    resume=True insists on a checkpoint to resume from. Everything is checked before the run
+    folder is created or written (a start that fails leaves the working folder as it found
+    it): that a run already in run_dir is the same run (`run_folder.same_run`), the dataset,
+    the memory the network needs, the network built, `load`'s weights and the kept steps. A
+    finished run writes nothing. In a multi-worker run only the chief writes run_dir.
     """
+    setup_logging(None)  # the console only, until the run folder is written
     if config.data.dir:  # absolute in config.yaml, so that compressModel finds the data from any folder
         config = config_lib.replace(config, **{"data.dir": files.resolve(config.data.dir)})
+    saved = run_folder.same_run(run_dir, config)
+    if saved and config.data.dir is None:  # no data folder given: the one the run was started with
+        config = config_lib.replace(config, **{"data.dir": saved.data.dir})
     source = data.get_source(config.data.name, config.data.dir, **config.data.options)
-    _start_point(run_dir, load, resume)
+    latest = _start_point(run_dir, load, resume)
     strategy = strategy or tf.distribute.get_strategy()
+    check_fits_in_memory(config, source, strategy.num_replicas_in_sync)
+    runtime.configure(config.train)
+    trainer = Trainer(config, run_dir, source=source, strategy=strategy)
+    trainer.start(latest, load)
+    if trainer.finished():
+        return trainer.model
     chief = distribute.is_chief(strategy)
     with run_folder.locked(run_dir, "training") if chief else contextlib.nullcontext():
         # Again under the lock: a run that held the folder until now may have saved since.
-        latest = _start_point(run_dir, load, resume)
+        now = _start_point(run_dir, load, resume)
+        if now != latest:
+            latest = now
+            trainer.start(latest, load)
+            if trainer.finished():
+                return trainer.model
         run_folder.prepare(run_dir, config, write=chief)
         setup_logging(run_dir if chief else None)
-        runtime.configure(config.train)
-        trainer = Trainer(config, run_dir, source=source, strategy=strategy)
+        if saved and saved.data.dir != config.data.dir:
+            logger.info("the data now comes from %s: where it is is not part of the run, so it resumes; the run's "
+                        "config.yaml, written once, keeps %s (compressModel.py reads that folder unless given "
+                        "--data)", config.data.dir, saved.data.dir)
         if latest:
-            trainer.resume(latest)
-            logger.info("resumed from %s at global step %d, epoch %d", latest, trainer.global_step,
-                        trainer.state.values["epoch"])
+            logger.info("resumed from %s at global step %d, %s", latest, trainer.global_step, trainer.position())
         elif load:
-            trainer.load_variables(load)
             logger.info("loaded the variables of %s (global step %d); a new run starts at epoch 1", load,
                         trainer.global_step)
         try:

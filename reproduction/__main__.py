@@ -10,7 +10,7 @@ from epsilon_resnet.errors import Interrupted, RunError, UserError
 from reproduction import NETWORKS, REPO, RESULTS_DIR, RESULTS_NAME, read_text, shown
 from reproduction.ledger import Ledger
 from reproduction.protocol import PROTOCOL, QUICK_PROTOCOL, load_protocol
-from reproduction.report import DOC_BEGIN, DOC_END, read_results, render_file, splice_doc
+from reproduction.report import README_BEGIN, README_END, read_results, render_file, splice_report
 from reproduction.results import build_results, run_record, selection_summary, sha256_file
 from reproduction.runs import final_runs, selection_runs
 from reproduction.scheduler import SCRIPTS, Scheduler
@@ -73,7 +73,7 @@ def write_results(results, results_dir, figures_dir):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m reproduction",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m reproduction",
                                      description="The CIFAR-10 reproduction: ε chosen on held-out images, plain "
                                                  "and ε-ResNet trained with several seeds, compressed, scored on "
                                                  "the test set; results as JSON and Markdown.")
@@ -94,7 +94,7 @@ def parse_args(argv):
     parser.add_argument("--render", metavar="JSON", help="only write the Markdown beside this results file, "
                                                          "rendered from it")
     parser.add_argument("--doc", metavar="PATH", help=f"also put the Markdown into PATH (docs/reproduction.md), "
-                                                      f"between the lines {DOC_BEGIN} and {DOC_END}")
+                                                      f"between the lines {README_BEGIN} and {README_END}")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -136,7 +136,7 @@ def main(argv=None):
             json_path, md_path = reproduce(args, command)
             print(read_text(md_path))
         if args.doc:
-            splice_doc(args.doc, read_results(json_path))
+            splice_report(args.doc, read_results(json_path))
     except (UserError, OSError, subprocess.CalledProcessError) as err:
         sys.exit(f"error: {err}")
     print(f"wrote {md_path}{f' and its section of {args.doc}' if args.doc else ''} from {json_path}")

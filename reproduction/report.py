@@ -10,7 +10,7 @@ from reproduction import REPO, read_text
 from reproduction.results import SCHEMA, in_points, logit_check, logit_check_text
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.md")
-DOC_BEGIN, DOC_END = "<!-- reproduction: begin -->", "<!-- reproduction: end -->"
+README_BEGIN, README_END = "<!-- reproduction: begin -->", "<!-- reproduction: end -->"
 
 
 def pct(x):
@@ -209,19 +209,24 @@ def render_file(json_path):
     return md_path
 
 
-def doc_section(text, doc_path):
-    """(start, end) of what lies between a page's two reproduction marker lines."""
-    begin, end = text.find(DOC_BEGIN + "\n"), text.find(DOC_END)
+def readme_section(text, readme_path, markers=(README_BEGIN, README_END)):
+    """(start, end) of what lies between the README's two marker lines (by default the reproduction's)."""
+    first, last = markers
+    begin, end = text.find(first + "\n"), text.find(last)
     if begin < 0 or end < begin:
-        raise RunError(f"{doc_path} has no section between the lines {DOC_BEGIN!r} and {DOC_END!r}: "
-                       "add them where the reproduction goes")
-    return begin + len(DOC_BEGIN) + 1, end
+        raise RunError(f"{readme_path} has no section between the lines {first!r} and {last!r}: "
+                       "add them where the section goes")
+    return begin + len(first) + 1, end
 
 
-def splice_doc(doc_path, results):
-    """Put the report between a page's two reproduction markers (e.g. docs/reproduction.md),
+def splice_readme(readme_path, markdown, markers=(README_BEGIN, README_END)):
+    """Put the Markdown between the README's two marker lines, replacing what was there."""
+    text = read_text(readme_path)
+    start, end = readme_section(text, readme_path, markers)
+    write_atomic(readme_path, text[:start] + markdown + text[end:])
+
+
+def splice_report(doc_path, results):
+    """Put the report between a page's two reproduction markers (docs/reproduction.md),
     replacing what was there, its figure links relative to that page."""
-    text = read_text(doc_path)
-    start, end = doc_section(text, doc_path)
-    markdown = render_markdown(results, os.path.dirname(os.path.abspath(doc_path)))
-    write_atomic(doc_path, text[:start] + markdown + text[end:])
+    splice_readme(doc_path, render_markdown(results, os.path.dirname(os.path.abspath(doc_path))))

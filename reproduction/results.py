@@ -6,7 +6,7 @@ import hashlib
 import os
 
 from epsilon_resnet import compressed_cfg, run_folder
-from epsilon_resnet.structures import cifar_structure
+from epsilon_resnet.structures import cifar_resnet
 from reproduction import kept, shown
 from reproduction.selection import SELECTION_RULE, TOLERANCE, choose_epsilon, stats
 
@@ -66,7 +66,7 @@ def run_record(run, invocation):
     responses = {block: [r.get(run_folder.block_metric(block, RESPONSE)) for r in records]
                  for block in run_folder.block_metrics(last, RESPONSE)}
     compression = compression_record(run, entry, last, done["compressed_evaluation"])
-    blocks = cifar_structure(run.config["model"]["n"]).gated_blocks
+    blocks = cifar_resnet(run.config["model"]["n"]).gated_blocks
     return {
         "name": run.name, "phase": run.phase, "kind": run.kind, "split": run.split, "holdout": run.holdout,
         "seed": run.seed, "epsilon": run.epsilon,

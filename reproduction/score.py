@@ -134,13 +134,16 @@ def check(runs, data_dir):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m reproduction.score", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m reproduction.score", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
-    keeping = commands.add_parser("keep", help="make a finished run's kept network and its scores.json")
+    keeping = commands.add_parser("keep", help="make a finished run's kept network and its scores.json",
+                                  allow_abbrev=False)
     keeping.add_argument("--run-dir", required=True)
     keeping.add_argument("--step", type=int, required=True)
     keeping.add_argument("--out", required=True, help="the kept network's folder")
-    checking = commands.add_parser("check", help="re-score every kept network of a results file and compare")
+    checking = commands.add_parser("check", help="re-score every kept network of a results file and compare",
+                                   allow_abbrev=False)
     checked = checking.add_mutually_exclusive_group()
     checked.add_argument("--results", default=os.path.join("reproduction", "results", "cifar10_reproduction.json"),
                          help="compare with this results file (default %(default)s)")

@@ -51,7 +51,7 @@ def write_batch(path, batch_label, data, labels, filenames, idx):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0])
     parser.add_argument("--src", required=True, help=f"folder holding {FOLDER}/ (the full dataset)")
     parser.add_argument("--out", required=True, help=f"folder to write {FOLDER}/ into")
     parser.add_argument("--train-per-class", type=int, default=50)

@@ -237,7 +237,7 @@ def plot_results(path, out):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Plot runs' metrics.jsonl: validation error, learning rate, "
-                                                 "discarded blocks and per-block gate heat maps.")
+                                                 "discarded blocks and per-block gate heat maps.", allow_abbrev=False)
     parser.add_argument("runs", nargs="*", metavar="RUN_DIR", help="train_log.<output> folders")
     parser.add_argument("--results", metavar="JSON", help="instead of run folders: the final runs of a results "
                                                           "file of the reproduction (python -m reproduction)")

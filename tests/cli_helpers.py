@@ -1,4 +1,5 @@
-"""What the command-line tests share: exit codes, folder snapshots, tiny training configs."""
+"""What the command-line tests share: exit codes, one-line errors, folder snapshots, tiny training configs."""
+import contextlib
 import hashlib
 import os
 
@@ -14,6 +15,24 @@ def exit_code(main, *argv):
     except SystemExit as exit_:
         return exit_.code
     return 0
+
+
+def one_line_error(capsys):
+    """The command's stderr, checked to be one `error: ...` line without a traceback."""
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@contextlib.contextmanager
+def working_folder(folder):
+    """Run commands in `folder` (for module fixtures, which cannot use monkeypatch.chdir)."""
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield folder
+    finally:
+        os.chdir(cwd)
 
 
 def snapshot(folder):

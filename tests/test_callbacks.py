@@ -1,6 +1,7 @@
 """The run's callbacks on a tiny gated network whose gate averages are set by hand: the
 learning-rate restarts read the gates at each epoch's end (docs/original.md §5), ε follows
 its schedule, discarded_ratio counts over the gated blocks, the writers record the epoch."""
+import dataclasses
 import json
 import logging
 
@@ -13,7 +14,7 @@ from epsilon_resnet import callbacks as cbs
 from epsilon_resnet import gate, run_folder
 from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.networks import build_resnet
-from epsilon_resnet.structures import Structure
+from epsilon_resnet.structures import cifar_resnet
 from epsilon_resnet.optimizers import TF1Momentum
 from epsilon_resnet.schedules import DISCARDED_TOLERANCE, AdaptiveLearningRate, whole_blocks
 
@@ -34,8 +35,9 @@ EXPECTED_LR = [0.1, 0.1, 0.01, 0.01, 0.2, 0.2, 0.2, 0.02, 0.2, 0.2]
 @pytest.fixture(scope="module")
 def model():
     """Three gated blocks res1.1, res2.0, res3.0; res1.0 is a discarded block's shortcut (no gate)."""
-    structure = Structure("cifar", (2, 1, 1), (False, True, True))
-    return build_resnet(structure, 10, side_output=False, image_shape=(8, 8, 3))
+    architecture = dataclasses.replace(cifar_resnet(2, side_output=False, image_shape=(8, 8, 3)),
+                                       removed_blocks=("res1.0", "res2.1", "res3.1"))
+    return build_resnet(architecture, 10)
 
 
 def set_gates(model, values):

@@ -11,7 +11,7 @@ import tensorflow as tf
 import yaml
 
 from benchmarks.inference_gate import discard_tolerance
-from epsilon_resnet import checkpoints, compressed_cfg, export, run_folder
+from epsilon_resnet import checkpoints, compressed_cfg, export, pruning, run_folder
 from epsilon_resnet import compression as C
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import data
@@ -19,7 +19,7 @@ from epsilon_resnet.cli import imagenet_compressed_main, imagenet_main
 from epsilon_resnet.errors import CheckpointError, CompressionError, FileError, RunError, WeightsDoNotFit
 from epsilon_resnet.gate import StrictIdentity, gates_of, per_batch_inference
 from epsilon_resnet.networks import build_from_config, build_resnet
-from epsilon_resnet.structures import Structure, cifar_structure
+from epsilon_resnet.structures import cifar_resnet, imagenet_resnet
 from epsilon_resnet.optimizers import TF1Momentum
 from epsilon_resnet.training import TrainingState
 from cli_helpers import exit_code, snapshot
@@ -54,7 +54,7 @@ def shut(model, blocks):
 
 def gated_cifar(n, closed):
     """A gated CIFAR network (ε = 0: every other gate is open) with the gates of `closed` shut."""
-    model = build_resnet(cifar_structure(n), 10, epsilon=0.0, pixel_mean=120.0, pixel_scale=1 / 128)
+    model = build_resnet(cifar_resnet(n), 10, epsilon=0.0, pixel_mean=120.0, pixel_scale=1 / 128)
     randomize_batch_norms(model)
     shut(model, closed)
     return model
@@ -75,15 +75,16 @@ def test_the_gates_decide_and_the_compressed_network_computes_the_same_logits():
     discarded, flickering = C.decide_at_inference(gated)
     assert discarded == closed and flickering == []
 
-    compressed, kept, moves = C.compress_model(gated, cifar_structure(3), discarded)
-    assert kept == Structure("cifar", (2, 2, 2), (True, False, True))
-    assert moves[(0, 2)] == (0, 1) and moves[(2, 2)] == (2, 1) and (0, 1) not in moves
+    compressed, kept = C.compress_model(gated, cifar_resnet(3), discarded)
+    assert kept == dataclasses.replace(cifar_resnet(3), gated=False, side_head=None, removed_blocks=tuple(closed))
+    assert kept.units() == [(0, 0), (0, 2), (1, 0), (1, 1), (2, 0), (2, 2)]
     assert not gates_of(compressed) and set(compressed.output) == {"logits"}
     names = {layer.name for layer in compressed.layers}
     assert "res2.0_pool" in names and "res2.0_conv1" not in names and "res2.0_preact_bn" not in names
-    np.testing.assert_array_equal(compressed.get_layer("res1.1_conv1").kernel.numpy(),
+    assert "res1.1_conv1" not in names  # a block keeps its name (and its layers') after a removed one
+    np.testing.assert_array_equal(compressed.get_layer("res1.2_conv1").kernel.numpy(),
                                   gated.get_layer("res1.2_conv1").kernel.numpy())
-    np.testing.assert_array_equal(compressed.get_layer("res3.1_preact_bn").moving_variance.numpy(),
+    np.testing.assert_array_equal(compressed.get_layer("res3.2_preact_bn").moving_variance.numpy(),
                                   gated.get_layer("res3.2_preact_bn").moving_variance.numpy())
     assert_same_logits(gated, compressed, images(4))  # inputs the decision never saw
 
@@ -116,7 +117,7 @@ def test_compressed_logits_equal_the_gated_inference_logits_at_batch_1_7_and_128
     for gate in gates_of(gated):
         gate.is_discarded.assign(1.0 if gate.block in ("res1.1", "res2.0", "res3.1") else 0.0)
     discarded, _ = C.decide_at_inference(gated)
-    compressed, _, _ = C.compress_model(gated, cifar_structure(2), discarded)
+    compressed, _ = C.compress_model(gated, cifar_resnet(2), discarded)
     for x in sample_and_random_images(128):
         whole = gated(x, training=False)["logits"].numpy()
         for size in (1, 7, 128):
@@ -127,14 +128,15 @@ def test_compressed_logits_equal_the_gated_inference_logits_at_batch_1_7_and_128
                 assert C.logits_equal(np.abs(alone - whole[start:start + size]).max(), np.abs(whole).max())
 
 
-@pytest.mark.parametrize("closed, expected", [
-    ([], Structure("cifar", (2, 2, 2), (True,) * 3)),
-    (cifar_structure(2).block_names(), Structure("cifar", (1, 1, 1), (False,) * 3)),
+@pytest.mark.parametrize("closed, units", [
+    ([], [(s, k) for s in range(3) for k in range(2)]),
+    (cifar_resnet(2).block_names(), [(0, 0), (1, 0), (2, 0)]),
 ])
-def test_nothing_or_everything_discarded(closed, expected):
+def test_nothing_or_everything_discarded(closed, units):
     gated = gated_cifar(2, closed)
-    compressed, kept, _ = C.compress_model(gated, cifar_structure(2), closed)
-    assert kept == expected
+    compressed, kept = C.compress_model(gated, cifar_resnet(2), closed)
+    assert (kept.units(), kept.block_names(), kept.gated, kept.side_head) == (
+        units, [b for b in cifar_resnet(2).block_names() if b not in closed], False, None)
     if closed:  # only the stem, the stage shortcuts and the head are left
         weighted = sorted(layer.name for layer in compressed.layers if layer.weights)
         assert weighted == ["bnlast_bn", "conv0", "conv0_bn", "linear", "preprocess"]
@@ -144,15 +146,16 @@ def test_nothing_or_everything_discarded(closed, expected):
 def test_bottleneck_network_keeps_the_shortcut_convolutions_of_discarded_first_blocks():
     """ImageNet blocks: group0/block0's widening convshortcut and group1/block0's both_preact
     BN + convshortcut survive when those blocks are discarded."""
-    structure = Structure("imagenet", (1, 2, 2, 1), (True,) * 4, bottleneck=True)
-    gated = build_resnet(structure, 10, epsilon=0.0, side_output=False, image_shape=(32, 32, 3),
-                         pixel_mean=[120.0, 115.0, 100.0], pixel_scale=[0.02, 0.02, 0.02])
+    architecture = dataclasses.replace(imagenet_resnet(50, side_output=False, image_shape=(32, 32, 3)),
+                                       stage_units=(1, 2, 2, 1))
+    gated = build_resnet(architecture, 10, epsilon=0.0, pixel_mean=[120.0, 115.0, 100.0],
+                         pixel_scale=[0.02, 0.02, 0.02])
     randomize_batch_norms(gated)
     closed = ["group0/block0", "group1/block0", "group2/block1"]
     shut(gated, closed)
     assert C.decide_at_inference(gated)[0] == closed
-    compressed, kept, _ = C.compress_model(gated, structure, closed)
-    assert kept == Structure("imagenet", (1, 2, 1, 1), (False, False, True, True), bottleneck=True)
+    compressed, kept = C.compress_model(gated, architecture, closed)
+    assert kept.units() == [(0, 0), (1, 0), (1, 1), (2, 0), (3, 0)] and kept.removed_blocks == tuple(closed)
     names = {layer.name for layer in compressed.layers}
     assert {"group0_block0_convshortcut", "group1_block0_preact_bn", "group1_block0_convshortcut"} <= names
     assert "group1_block0_conv1" not in names and "group2_block1_conv1" not in names
@@ -161,20 +164,21 @@ def test_bottleneck_network_keeps_the_shortcut_convolutions_of_discarded_first_b
 
 def test_weights_that_do_not_fit_are_errors_naming_the_layer():
     gated = gated_cifar(2, [])
-    structure = cifar_structure(2)
-    kept, moves = C.compressed_structure(structure, [])
-    other_classes = build_resnet(structure, 100, gated=False, side_output=False)
+    other_classes = build_resnet(cifar_resnet(2, gated=False, side_output=False), 100)
     with pytest.raises(CompressionError, match=r"layer 'linear'.*shape \(64, 100\).*\(64, 10\)"):
-        C.copy_weights(gated, other_classes, kept, moves)
-    bottleneck = build_resnet(Structure("imagenet", (2, 2, 2, 2), (True,) * 4), 10, gated=False, side_output=False)
+        pruning.copy_weights(gated, other_classes)
+    imagenet = build_resnet(imagenet_resnet(18, gated=False, side_output=False, image_shape=(32, 32, 3)), 10)
     with pytest.raises(CompressionError, match=r"layer .preprocess.: weight .mean. has shape \(3,\)"):
-        C.copy_weights(gated, bottleneck, kept, moves)
+        pruning.copy_weights(gated, imagenet)
+    with pytest.raises(CompressionError, match=r"layer 'res1.2_preact_bn' of resnet has no layer of that name in "
+                                               r"epsilon_resnet"):
+        pruning.copy_weights(gated, build_resnet(cifar_resnet(3, gated=False, side_output=False), 10))
     with pytest.raises(CompressionError, match=r"cannot discard \['res4.0'\]"):
-        C.compressed_structure(structure, ["res4.0"])
+        C.compress_model(gated, cifar_resnet(2), ["res4.0"])
 
 
 def test_network_cost_counts_conv_and_dense_macs_and_trainable_parameters():
-    model = build_resnet(cifar_structure(1), 10)
+    model = build_resnet(cifar_resnet(1), 10)
     convs = [(32, 3, 16), (32, 16, 16), (32, 16, 16), (16, 16, 32), (16, 32, 32), (8, 32, 64), (8, 64, 64)]
     macs = sum(side * side * 9 * c_in * c_out for side, c_in, c_out in convs) + 64 * 10
     bn_widths = [16, 16, 16, 32, 32, 64, 64]  # conv0; res1.0 conv1; res2.0, res3.0 preact + conv1; bnlast
@@ -284,21 +288,21 @@ def test_compress_run_writes_cfg_and_weights_that_round_trip(run, source):
     assert compressed_cfg.read(cfg_path) == dataclasses.replace(spec, path=cfg_path)
     with open(cfg_path) as f:
         raw = yaml.safe_load(f)
-    assert raw["dataset"] == "cifar10" and raw["n"] == 2 and raw["step"] == 12 and raw["epoch"] == 2
+    assert raw["dataset"] == "cifar10" and raw["step"] == 12 and raw["epoch"] == 2
     assert raw["source_checkpoint"] == "model-12" and raw["decision"] == C.DECISION
-    assert raw["discarded_blocks"] == CLOSED and "first_block_discarded" not in raw  # one fact, said once
-    assert (raw["stage_units"], raw["first_block_kept"]) == ([1, 2, 2], [True, False, True])
+    assert raw["architecture"] == cifar_resnet(2).compressed(CLOSED).to_config()
+    assert raw["architecture"]["removed_blocks"] == CLOSED and "discarded_blocks" not in raw  # one fact, said once
     assert raw["recorded_errors"] == {"val_error": 0.52, "val_error_side": 0.7}
     check = spec.check
     assert check["images"] == 12 and check["batches"] == 3 and check["logits_equal"] and check["batch_size"] == 4
     assert check["gated_error"] == check["compressed_error"] == check["per_batch_error"] and spec.warnings == ()
     assert spec.cost["compressed"]["params"] < spec.cost["full"]["params"]
     assert spec.cost["compressed"]["macs"] < spec.cost["full"]["macs"]
-    assert spec.full_structure.gated_blocks == 6
+    assert spec.discarded_blocks == tuple(CLOSED)
 
     spec = compressed_cfg.read(cfg_path)
     model = C.load_compressed(spec)
-    assert spec.structure == Structure("cifar", (1, 2, 2), (True, False, True))
+    assert spec.architecture.units() == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)]
     x = source.images[:4]
     np.testing.assert_allclose(model(x)["logits"].numpy(), gated(x, training=False)["logits"].numpy(), atol=1e-4)
     # The per-pixel mean came from the checkpoint, not from the data source.
@@ -364,21 +368,58 @@ def test_the_check_reports_the_per_batch_error_beside_the_equal_logits(tmp_path,
 
 
 # ---- reading .cfg files ----------------------------------------------------------------------------
+EARLIER_CFG = os.path.join(os.path.dirname(__file__), "data", "earlier_cfg", "compressed_model_7.cfg")
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda text: text + "\n  bad: [unclosed\n", "not valid YAML"),  # a FileError
     (lambda text: "- just a list\n", "expected a mapping"),
-    (lambda text: text.replace("stage_units:", "units:"), "missing key 'stage_units'"),
+    (lambda text: text.replace("architecture:", "network:"), "missing key 'architecture'"),
     (lambda text: text.replace("dataset: cifar10", "dataset: mnist"), "unknown dataset 'mnist'"),
-    (lambda text: text.replace("\nn: 2", "\nn: two"), "needs an integer 'n'"),
-    (lambda text: text.replace("first_block_kept: [true, false, true]", "first_block_kept: [true]"), "has 3 stages"),
-    (lambda text: text.replace("stage_units: [1, 2, 2]", "stage_units: [1, 3, 2]"), "exceed"),
+    (lambda text: text.replace("stage_units: [2, 2, 2]", "stage_units: [2, 2]"),
+     r"architecture: stage_widths \[16, 32, 64\] and stage_units \[2, 2\] must name the same number"),
+    (lambda text: text.replace("removed_blocks: [res1.1, res2.0]", "removed_blocks: [res1.1, res4.0]"),
+     r"architecture: removed_blocks \['res4.0'\] are not blocks"),
+    (lambda text: text.replace("  shortcut: pool_pad", "  shortcut: pool_pad\n  depth: 14"),
+     r"architecture: architecture keys: unknown \['depth'\]"),
 ])
 def test_malformed_cfg_is_a_clear_error(run, tmp_path, edit, message):
     with open(run[3]) as f:
         text = f.read()
     path = tmp_path / "edited.cfg"
     path.write_text(edit(text))
+    assert path.read_text() != text
     with pytest.raises((CompressionError, FileError), match=message):
+        compressed_cfg.read(str(path))
+
+
+def test_a_cfg_of_the_earlier_form_loads_with_its_weights_and_computes_its_logits():
+    """A .cfg written before it embedded the architecture (n, stage_units, first_block_kept) is
+    read as the architecture it describes; its weights restore and give the logits it gave."""
+    spec = compressed_cfg.read(EARLIER_CFG)
+    assert spec.architecture == cifar_resnet(1, image_shape=(16, 16, 3)).compressed(["res2.0"])
+    assert spec.discarded_blocks == ("res2.0",) and spec.step == 7 and spec.decision == C.DECISION
+    expected = np.load(os.path.join(os.path.dirname(EARLIER_CFG), "logits.npz"))
+    model = C.load_compressed(spec)
+    np.testing.assert_array_equal(model(expected["images"], training=False)["logits"].numpy(), expected["logits"])
+    assert compressed_cfg.loads(yaml.safe_load(compressed_cfg.dumps(spec)), EARLIER_CFG) == spec  # written anew
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text.replace("\nn: 1", "\nn: one"), "by one whole number, n or depth"),
+    (lambda text: text.replace("\nn: 1", "\nn: 1\ndepth: 18"), "by one whole number, n or depth"),
+    (lambda text: text.replace("first_block_kept: [true, false, true]", "first_block_kept: [true]"),
+     r"first_block_kept \[True\] are not what n = 1 keeps without discarded_blocks \['res2.0'\]"),
+    (lambda text: text.replace("stage_units: [1, 1, 1]", "stage_units: [1, 2, 1]"), r"stage_units \[1, 2, 1\]"),
+    (lambda text: text.replace("discarded_blocks: [res2.0]", "discarded_blocks: [res2.1]"), r"cannot discard"),
+])
+def test_malformed_cfg_of_the_earlier_form_is_a_clear_error(tmp_path, edit, message):
+    with open(EARLIER_CFG) as f:
+        text = f.read()
+    path = tmp_path / "edited.cfg"
+    path.write_text(edit(text))
+    assert path.read_text() != text
+    with pytest.raises(CompressionError, match=message):
         compressed_cfg.read(str(path))
 
 
@@ -386,12 +427,12 @@ def test_weights_that_do_not_fit_the_cfg_are_refused(run, tmp_path):
     folder, _, _, cfg_path, _ = run
     with open(cfg_path) as f:
         raw = yaml.safe_load(f)
-    raw["stage_units"], raw["weights"] = [2, 2, 2], os.path.join(folder, raw["weights"])
+    raw["architecture"]["removed_blocks"], raw["weights"] = [], os.path.join(folder, raw["weights"])
     wrong = tmp_path / "wrong.cfg"
     wrong.write_text(yaml.safe_dump(raw))
     with pytest.raises(WeightsDoNotFit, match="do not fit the network"):
         C.load_compressed(compressed_cfg.read(str(wrong)))
-    raw["stage_units"], raw["weights"] = [1, 2, 2], "missing_weights"
+    raw["architecture"]["removed_blocks"], raw["weights"] = CLOSED, "missing_weights"
     wrong.write_text(yaml.safe_dump(raw))
     with pytest.raises(CheckpointError, match=r"missing_weights.index does not exist"):
         C.load_compressed(compressed_cfg.read(str(wrong)))
@@ -407,11 +448,11 @@ def test_data_of_another_shape_or_class_count_is_refused(run):
 
 
 def test_export_refuses_a_folder_that_is_not_empty(tmp_path):
-    model = build_resnet(cifar_structure(1), 10, gated=False, side_output=False)
+    model = build_resnet(cifar_resnet(1, gated=False, side_output=False), 10)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(RunError, match="not an empty folder"):
-        export.export_saved_model(model, str(tmp_path / "full"))
+        export.export(model, str(tmp_path / "full"))
     assert os.listdir(tmp_path / "full") == ["keep.txt"] and sorted(os.listdir(tmp_path)) == ["full"]
 
 
@@ -425,7 +466,8 @@ def test_imagenet_run_compresses_and_evaluates_top1_and_top5(tmp_path, capsys):
     write_run(folder, data.get_source("fake-imagenet", **options), steps=(5,), raw_config=raw,
               closed=["group1/block0", "group2/block1"])
     cfg_path, spec = C.compress_run(folder, 5)
-    assert (spec.size, spec.structure) == (18, Structure("imagenet", (2, 2, 1, 2), (True, False, True, True)))
+    assert spec.architecture == imagenet_resnet(18, image_shape=(32, 32, 3)).compressed(
+        ["group1/block0", "group2/block1"])
     assert spec.check["logits_equal"] and spec.check["images"] == 12
     assert exit_code(imagenet_compressed_main, "--cfg", cfg_path) == 0
     top1, top5 = capsys.readouterr().out.splitlines()[:2]
@@ -433,3 +475,10 @@ def test_imagenet_run_compresses_and_evaluates_top1_and_top5(tmp_path, capsys):
     assert 0 <= float(top5.split(": ")[1]) <= float(top1.split(": ")[1])
     assert exit_code(imagenet_main, "--cfg", cfg_path) == 0  # imagenetEpsilonResnet.py --cfg, as in the original
     assert capsys.readouterr().out.splitlines()[:2] == [top1, top5]
+    # ... which exports too (here to ONNX), each file checked on the 12 validation images.
+    export_dir = tmp_path / "exported"
+    assert exit_code(imagenet_main, "--cfg", cfg_path, "--export", export_dir, "--format", "onnx") == 0
+    checks = capsys.readouterr().out.splitlines()[2:-1]
+    assert [line.split(" input)")[0] for line in checks] == [f"{export_dir}/onnx/float32.onnx (float32",
+                                                             f"{export_dir}/onnx/uint8.onnx (uint8"]
+    assert all("on 12 images" in line and ": matches; error" in line for line in checks)

@@ -60,23 +60,40 @@ def test_compress_evaluate_and_export_reproduce_the_gated_network(trained, tmp_p
                                                 f"compressed_model_{step}.index"]
     cfg_path = run_dir / f"compressed_model_{step}.cfg"
     spec = compressed_cfg.read(str(cfg_path))
-    assert spec.structure.stage_units == (1, 1, 1) and spec.structure.first_block_kept == (False,) * 3
+    assert spec.architecture.units() == [(0, 0), (1, 0), (2, 0)]
+    assert spec.discarded_blocks == ("res1.0", "res2.0", "res3.0")
 
     # A second compression of the same step is refused and changes nothing.
     assert exit_code(compress_main, "--dir", run_dir, "--step", step) == 1
     assert "already holds" in capsys.readouterr().err and snapshot(run_dir) == after
 
     export = tmp_path / "exported"
-    assert exit_code(cifar_compressed_main, "--cfg", cfg_path, "--cifar10", "--export", export) == 0
+    assert exit_code(cifar_compressed_main, "--cfg", cfg_path, "--cifar10", "--export", export, "--format",
+                     "saved_model", "onnx", "litert", "--quantize", "int8") == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == f"Error: {record['val_error']}"
+    # Every file checked in its runtime on the 16 test images, int8 beside the float network.
+    checks = printed[1:-1]
+    assert len(checks) == 6 and printed[-1] == f"exported the network to {export}"
+    for line, name in zip(checks, ["saved_model (float32", "saved_model (uint8", "onnx/float32.onnx (float32",
+                                   "onnx/uint8.onnx (uint8", "litert_int8/float32.tflite (float32",
+                                   "litert_int8/uint8.tflite (uint8"]):
+        assert line.startswith(f"{export}/{name} input): largest |logit difference| to the TensorFlow network ")
+        assert "on 16 images" in line and f"(TensorFlow network {record['val_error']:.4f})" in line
+        assert ("int8: not expected to equal" in line) == ("litert_int8" in name) != ("matches" in line)
+    calibration = json.loads((export / "litert_int8" / "calibration.json").read_text())
+    assert calibration["indices"] == list(range(40))  # all 40 training images: never a test image
+    assert sorted(os.listdir(export)) == ["litert_int8", "onnx", "saved_model"]
 
-    # The SavedModel runs with TensorFlow alone (no epsilon_resnet on the path) and gives the same logits.
+    # The SavedModel runs with TensorFlow alone (no epsilon_resnet on the path) and gives the same
+    # logits, on float32 and on uint8 pixels.
     images = np.concatenate([x.numpy() for x, _ in data.get_source("cifar10", data_dir).eval_dataset(8)])
     np.save(tmp_path / "images.npy", images)
     script = ("import sys, numpy as np, tensorflow as tf\n"
-              "model = tf.saved_model.load('exported')  # kept: a temporary would lose its variables\n"
+              "model = tf.saved_model.load('exported/saved_model')  # kept: a temporary would lose its variables\n"
               "logits = model.serve(tf.constant(np.load('images.npy'))).numpy()\n"
+              "pixels = tf.constant(np.load('images.npy').astype(np.uint8))\n"
+              "assert np.array_equal(model.serve(pixels).numpy(), logits)\n"
               "assert 'epsilon_resnet' not in sys.modules\n"
               "np.save('served.npy', logits)\n")
     served = python("-c", script, cwd=tmp_path, pythonpath="")
@@ -103,7 +120,8 @@ def test_a_short_all_closed_run_compresses_to_the_network_its_val_error_scored(t
     found = re.search(r"logits equal .*error gated (\S+), compressed (\S+)", out)
     assert found.group(1) == found.group(2) == f"{record['val_error']:.4f}"
     spec = compressed_cfg.read(str(run_dir / "compressed_model_10.cfg"))
-    assert spec.structure.stage_units == (1, 1, 1) and spec.structure.first_block_kept == (False,) * 3
+    assert spec.architecture.units() == [(0, 0), (1, 0), (2, 0)]
+    assert spec.discarded_blocks == ("res1.0", "res2.0", "res3.0")
 
 
 def test_the_evaluation_scripts_take_the_original_flags(trained, tmp_path, monkeypatch, capsys):
@@ -168,3 +186,14 @@ def test_a_run_trained_with_a_relative_data_folder_compresses_from_another_folde
     assert config_lib.load(str(work / "train_log.rel" / "config.yaml")).data.dir == os.path.abspath(tiny_cifar)
     monkeypatch.chdir(elsewhere)  # where `relative` leads nowhere
     assert exit_code(compress_main, "--dir", work / "train_log.rel", "--step", 3, "--check-batches", 1) == 0
+
+
+def test_export_flags_that_do_not_fit_are_refused_before_anything_runs(tmp_path, capsys):
+    cfg = tmp_path / "missing.cfg"
+    assert exit_code(cifar_compressed_main, "--cfg", cfg, "--format", "onnx") == 1
+    assert capsys.readouterr().err == "error: --format and --quantize say what --export DIR writes: add --export DIR\n"
+    assert exit_code(cifar_compressed_main, "--cfg", cfg, "--export", tmp_path / "x", "--format", "onnx",
+                     "--quantize", "int8") == 1
+    assert capsys.readouterr().err == "error: --quantize 'int8': only int8, and only with the litert format\n"
+    assert exit_code(imagenet_main, "--export", tmp_path / "x") == 2  # a usage error: it goes with --cfg
+    assert "they go with --cfg" in capsys.readouterr().err and os.listdir(tmp_path) == []

@@ -8,7 +8,7 @@ import tensorflow as tf
 from epsilon_resnet import gate as gate_lib
 from epsilon_resnet.gate import StrictIdentity, gates_of
 from epsilon_resnet.networks import build_resnet, network_parts
-from epsilon_resnet.structures import Structure, cifar_structure
+from epsilon_resnet.structures import cifar_resnet
 
 L = 1e6
 MONITORED = ("is_discarded", "response_abs_max", "response_mean_max")  # the original's summary names
@@ -162,22 +162,21 @@ def random_images(seed, count=4):
 
 
 def test_epsilon_zero_discards_nothing():
-    model = build_resnet(cifar_structure(2), 10, epsilon=0.0)
+    model = build_resnet(cifar_resnet(2), 10, epsilon=0.0)
     one_train_step(model, random_images(0))
     assert all(float(g.is_discarded.numpy()) == 0.0 for g in gates_of(model))
 
 
 def test_huge_epsilon_discards_every_block_and_leaves_the_shortcut_path():
     n = 2
-    model = build_resnet(cifar_structure(n), 10, epsilon=1e3, pixel_mean=127.0, pixel_scale=1 / 128)
+    model = build_resnet(cifar_resnet(n), 10, epsilon=1e3, pixel_mean=127.0, pixel_scale=1 / 128)
     images = random_images(1)
     one_train_step(model, images)
     # The first update of an average is 0.9·x (decay (1 + 0)/(10 + 0)): here x = 1 for every block.
     assert [float(g.is_discarded.numpy()) for g in gates_of(model)] == [np.float32(0.9)] * (3 * n)
 
     # With every block closed the network is the stem, the three stage shortcuts and the head.
-    shortcuts = build_resnet(Structure("cifar", (1, 1, 1), (False, False, False)), 10, gated=False,
-                             side_output=False)
+    shortcuts = build_resnet(cifar_resnet(n).compressed(cifar_resnet(n).block_names()), 10)
     source, target = network_parts(model), network_parts(shortcuts)
     assert [target[(stage, 0)] for stage in range(3)] == [[], [], []]  # CIFAR shortcuts have no weights
     for part in ("stem", "head"):
@@ -188,7 +187,7 @@ def test_huge_epsilon_discards_every_block_and_leaves_the_shortcut_path():
 
 
 def test_each_gate_owns_its_epsilon_and_set_epsilon_moves_them_all():
-    model = build_resnet(cifar_structure(1), 10, epsilon=0.0)
+    model = build_resnet(cifar_resnet(1), 10, epsilon=0.0)
     gates = gates_of(model)
     variables = [g.epsilon for g in gates]
     assert len({id(v) for v in variables}) == len(gates) == 3
@@ -205,7 +204,7 @@ def test_each_gate_owns_its_epsilon_and_set_epsilon_moves_them_all():
         gate_lib.epsilon_of(model)
     with pytest.raises(ValueError, match=">= 0"):
         gate_lib.set_epsilon(model, -1.0)
-    assert gate_lib.epsilon_of(build_resnet(cifar_structure(1), 10, gated=False)) is None
+    assert gate_lib.epsilon_of(build_resnet(cifar_resnet(1, gated=False), 10)) is None
 
 
 @pytest.mark.parametrize("eps, expected", [(0.5, 1.0), (2.5, 0.0)])
@@ -230,7 +229,7 @@ def test_gradient_of_the_block_is_the_gate_on_the_branch_and_one_on_the_shortcut
 
 def test_residual_input_is_the_branch_the_gate_decides_on():
     keras.utils.set_random_seed(4)
-    model = build_resnet(cifar_structure(2), 10, epsilon=0.0, gate_inference="per_batch", pixel_mean=127.0,
+    model = build_resnet(cifar_resnet(2), 10, epsilon=0.0, gate_inference="per_batch", pixel_mean=127.0,
                          pixel_scale=1 / 128)
     gates = gates_of(model)
     assert gate_lib.residual_input(gates[0]) is model.get_layer("res1.0_conv2").output
@@ -269,11 +268,11 @@ def test_inference_logits_of_an_image_do_not_depend_on_its_batch(family):
     per batch the decisions would move: an image scored alone or in a batch of 128 gets the same
     logits at inference, up to the order of float32 sums."""
     from epsilon_resnet.compression import logits_equal
-    from epsilon_resnet.structures import imagenet_structure
+    from epsilon_resnet.structures import imagenet_resnet
 
     keras.utils.set_random_seed(5)
-    structure = cifar_structure(1) if family == "cifar" else imagenet_structure(18)
-    model = build_resnet(structure, 10, epsilon=0.5, pixel_mean=120.0, pixel_scale=1 / 64, image_shape=(32, 32, 3))
+    architecture = cifar_resnet(1) if family == "cifar" else imagenet_resnet(18, image_shape=(32, 32, 3))
+    model = build_resnet(architecture, 10, epsilon=0.5, pixel_mean=120.0, pixel_scale=1 / 64)
     gates = gates_of(model)
     for k, g in enumerate(gates):
         g.is_discarded.assign(float(k % 2))

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from epsilon_resnet.gate import epsilon_of, gates_of
 from epsilon_resnet.networks import build_resnet
-from epsilon_resnet.structures import cifar_structure, imagenet_structure, side_position
+from epsilon_resnet.structures import cifar_resnet, imagenet_resnet
 
 # Written out from the ResNet paper (He et al. 2016, Table 1), not read from networks.py.
 BLOCKS = {18: (False, (2, 2, 2, 2)), 34: (False, (3, 4, 6, 3)), 50: (True, (3, 4, 6, 3)),
@@ -65,12 +65,12 @@ def trainable_shapes(model, skip_layers=()):
 
 @pytest.mark.parametrize("depth", sorted(BLOCKS))
 def test_every_depth_builds_with_the_published_parameter_count_and_side_head(depth):
-    plain = build_resnet(imagenet_structure(depth), 1000, gated=False, side_output=False)
+    plain = build_resnet(imagenet_resnet(depth, gated=False, side_output=False), 1000)
     assert plain.count_params() - sum(int(np.prod(w.shape)) for w in plain.non_trainable_weights) \
         == expected_params(depth)
     assert not gates_of(plain) and epsilon_of(plain) is None
 
-    gated = build_resnet(imagenet_structure(depth), 1000, epsilon=2.0)
+    gated = build_resnet(imagenet_resnet(depth), 1000, epsilon=2.0)
     # The gate adds no trainable weight: the same trainable tensors once the side head is left out.
     assert trainable_shapes(gated, ("side_bn", "side_linear")) == trainable_shapes(plain)
     blocks = sum(BLOCKS[depth][1])
@@ -79,13 +79,13 @@ def test_every_depth_builds_with_the_published_parameter_count_and_side_head(dep
                                                   for k in range(count)]
     assert epsilon_of(gated) == 2.0
 
-    assert side_position(imagenet_structure(depth)) == (2, SIDE_BLOCK[depth])
+    assert imagenet_resnet(depth).side_head == (2, SIDE_BLOCK[depth])
     assert gated.get_layer("side_bn").input is gated.get_layer(f"group2_block{SIDE_BLOCK[depth]}_gate").output
 
 
 @pytest.mark.parametrize("depth", [18, 34])
 def test_basic_block_shortcut_has_the_block_width(depth):
-    model = build_resnet(imagenet_structure(depth), 1000, side_output=False, image_shape=(64, 64, 3))
+    model = build_resnet(imagenet_resnet(depth, side_output=False, image_shape=(64, 64, 3)), 1000)
     names = {layer.name for layer in model.layers}
     assert "group0_block0_convshortcut" not in names  # 64 -> 64 channels, stride 1: identity
     for group in (1, 2, 3):
@@ -97,7 +97,7 @@ def test_basic_block_shortcut_has_the_block_width(depth):
 
 
 def test_bottleneck_group0_widens_through_a_convshortcut():
-    model = build_resnet(imagenet_structure(50), 10, side_output=False, image_shape=(64, 64, 3))
+    model = build_resnet(imagenet_resnet(50, side_output=False, image_shape=(64, 64, 3)), 10)
     assert tuple(model.get_layer("group0_block0_convshortcut").kernel.shape) == (1, 1, 64, 256)
     assert model.get_layer("group0_block0_convshortcut").strides == (1, 1)
     assert model.get_layer("group1_block0_conv2").strides == (2, 2)  # stride on the 3x3 conv
@@ -113,14 +113,13 @@ def cpu_runs_nchw_convolutions():
         return False
 
 
-@pytest.mark.parametrize("structure, image_shape", [(imagenet_structure(18), (64, 64, 3)),
-                                                    (cifar_structure(1), (32, 32, 3))],
+@pytest.mark.parametrize("architecture", [imagenet_resnet(18, image_shape=(64, 64, 3)), cifar_resnet(1)],
                          ids=["imagenet18", "cifar_n1"])
-def test_channels_first_computes_what_channels_last_computes(structure, image_shape):
-    build = dict(epsilon=0.05, image_shape=image_shape, pixel_mean=127.5, pixel_scale=1 / 64)
-    nhwc = build_resnet(structure, 10, **build)
-    nchw = build_resnet(structure, 10, data_format="channels_first", **build)
-    assert nchw.input.shape[1:] == image_shape  # the images stay NHWC; the network transposes them
+def test_channels_first_computes_what_channels_last_computes(architecture):
+    build = dict(epsilon=0.05, pixel_mean=127.5, pixel_scale=1 / 64)
+    nhwc = build_resnet(architecture, 10, **build)
+    nchw = build_resnet(architecture, 10, data_format="channels_first", **build)
+    assert nchw.input.shape[1:] == architecture.image_shape  # the images stay NHWC; the network transposes them
     assert nchw.get_layer("to_channels_first").output.shape[1] == 3
     assert all(l.axis in (1, [1]) for l in nchw.layers if isinstance(l, keras.layers.BatchNormalization))
     # Same weight shapes in both layouts, so checkpoints move between them.
@@ -134,7 +133,7 @@ def test_channels_first_computes_what_channels_last_computes(structure, image_sh
             layer.set_weights([rng.uniform(0.5, 1.5, width), rng.uniform(-0.2, 0.2, width),
                                rng.uniform(-0.2, 0.2, width), rng.uniform(0.5, 1.5, width)])
         nchw.get_layer(layer.name).set_weights(layer.get_weights())  # He-initialised kernels keep logits finite
-    images = rng.uniform(0, 255, (2, *image_shape)).astype(np.float32)
+    images = rng.uniform(0, 255, (2, *architecture.image_shape)).astype(np.float32)
     expected, got = nhwc(images, training=False), nchw(images, training=False)
     for key in ("logits", "side_logits"):
         assert np.isfinite(expected[key]).all() and np.ptp(expected[key].numpy()) > 1e-3  # something to compare
@@ -143,4 +142,4 @@ def test_channels_first_computes_what_channels_last_computes(structure, image_sh
 
 def test_unknown_data_format_is_refused():
     with pytest.raises(ValueError, match="data_format must be one of"):
-        build_resnet(cifar_structure(1), 10, data_format="NCHW")
+        build_resnet(cifar_resnet(1), 10, data_format="NCHW")

@@ -10,7 +10,7 @@ from epsilon_resnet import gate
 from epsilon_resnet.gate import StrictIdentity, gates_of
 from epsilon_resnet.run_folder import GATE_METRICS as MONITORED
 from epsilon_resnet.networks import ChannelPad, PixelNormalization, build_resnet
-from epsilon_resnet.structures import cifar_structure
+from epsilon_resnet.structures import cifar_resnet
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
@@ -39,7 +39,7 @@ def mixed_gates_model():
     a batch, after a few training-mode passes (so the moving averages and BN statistics are not
     at their start); the gates closed on the batch are closed at inference too (is_discarded)."""
     keras.utils.set_random_seed(1)
-    model = build_resnet(cifar_structure(2), 10, epsilon=0.0, pixel_mean=125.0, pixel_scale=1 / 128)
+    model = build_resnet(cifar_resnet(2), 10, epsilon=0.0, pixel_mean=125.0, pixel_scale=1 / 128)
     for seed in range(3):
         model(images(seed), training=True)
     batch = images(0)
@@ -92,3 +92,10 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     assert [g.block for g in gate.gates_of(loaded)] == ["block0", "block1", "block2"]
     assert gate.epsilon_of(loaded) == 2.0
     assert all(int(g.updates.numpy()) == 2 * 2 for g in gate.gates_of(loaded))  # 2 epochs of 2 batches of 32
+    # block1 closes and goes; the pruned model, exported to ONNX, gives the gated model's logits in onnxruntime.
+    assert [g.closed_at_inference() for g in gate.gates_of(loaded)] == [False, True, False]
+    model, plain = namespace["model"], namespace["plain"]
+    assert {"block1_conv1", "block1_conv2"} & {layer.name for layer in plain.layers} == set()
+    expected = model.predict(namespace["images"], verbose=0)
+    np.testing.assert_allclose(namespace["logits"], expected, rtol=0, atol=1e-5 * max(1, np.abs(expected).max()))
+    assert sorted(os.listdir(tmp_path / "exported" / "onnx")) == ["float32.onnx", "uint8.onnx"]

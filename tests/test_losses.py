@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from epsilon_resnet import losses
 from epsilon_resnet.networks import build_resnet, kernels
-from epsilon_resnet.structures import cifar_structure
+from epsilon_resnet.structures import cifar_resnet
 
 
 @pytest.mark.parametrize("step, expected", [(0, 2e-4), (479999, 2e-4), (480000, 4e-5), (959999, 4e-5),
@@ -18,7 +18,7 @@ def test_weight_decay_coefficient_steps_down_by_5x_every_480000_steps(step, expe
 
 
 def test_weight_decay_covers_conv_and_dense_kernels_only():
-    model = build_resnet(cifar_structure(1), 10, gated=True, epsilon=1.0)
+    model = build_resnet(cifar_resnet(1, gated=True), 10, epsilon=1.0)
     rng = np.random.default_rng(0)
     for weight in model.weights:  # every weight non-zero, so a bias or BN weight in the sum would show
         weight.assign(rng.normal(size=weight.shape).astype(np.float32))

@@ -1,5 +1,7 @@
-"""The CIFAR pre-activation ResNet (docs/original.md §2-3): structure, names, exact parameter
-counts, the parts map compression copies weights by, building from a config."""
+"""The CIFAR pre-activation ResNet (docs/original.md §2-3): its architecture, names, exact
+parameter counts, the parts map, building from a config."""
+import dataclasses
+import json
 import types
 
 import keras
@@ -11,21 +13,22 @@ from epsilon_resnet.config import ModelConfig
 from epsilon_resnet.errors import ConfigError
 from epsilon_resnet.gate import gates_of
 from epsilon_resnet.networks import build_from_config, build_resnet, network_parts
-from epsilon_resnet.structures import Structure, cifar_structure, imagenet_structure, side_position, structure_for
+from epsilon_resnet.structures import Architecture, Stem, architecture_for, cifar_resnet, imagenet_resnet
 
 
-def expected_trainable_params(n, num_classes, side):
-    """Count the CIFAR network of docs/original.md §3 by hand: 3×3 convs without bias, BN γ/β, dense with bias."""
+def expected_trainable_params(n, num_classes, side, k=1):
+    """Count the CIFAR network of docs/original.md §3 by hand: 3×3 convs without bias, BN γ/β, dense with bias;
+    its stage widths times k (the stem keeps 16 channels; the shortcuts have no parameters)."""
     count = 3 * 3 * 3 * 16 + 2 * 16  # conv0 + its BN
     in_width = 16
-    for stage, width in enumerate((16, 32, 64)):
+    for stage, width in enumerate((16 * k, 32 * k, 64 * k)):
         for block in range(n):
             preact = 0 if (stage, block) == (0, 0) else 2 * in_width  # res1.0 has no pre-activation
             count += preact + 9 * in_width * width + 2 * width + 9 * width * width
             in_width = width
-    count += 2 * 64 + 64 * num_classes + num_classes  # bnlast + linear
+    count += 2 * 64 * k + 64 * k * num_classes + num_classes  # bnlast + linear
     if side:
-        count += 2 * 32 + 32 * num_classes + num_classes
+        count += 2 * 32 * k + 32 * k * num_classes + num_classes
     return count
 
 
@@ -35,42 +38,42 @@ def trainable(model):
 
 @pytest.mark.parametrize("n, num_classes, side", [(1, 10, True), (2, 100, False), (18, 10, True)])
 def test_parameter_count_matches_the_architecture(n, num_classes, side):
-    model = build_resnet(cifar_structure(n), num_classes, side_output=side)
+    model = build_resnet(cifar_resnet(n, side_output=side), num_classes)
     assert trainable(model) == expected_trainable_params(n, num_classes, side)
-    plain = build_resnet(cifar_structure(n), num_classes, gated=False, side_output=side)
+    plain = build_resnet(cifar_resnet(n, gated=False, side_output=side), num_classes)
     assert trainable(plain) == trainable(model)  # the gate adds no trainable weight
 
 
 def test_depth_block_names_and_gates():
     n = 3
-    model = build_resnet(cifar_structure(n), 10)
+    model = build_resnet(cifar_resnet(n), 10)
     convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
     dense = [l for l in model.layers if isinstance(l, keras.layers.Dense) and l.name == "linear"]
     assert len(convs) + len(dense) == 6 * n + 2
     assert [g.block for g in gates_of(model)] == [f"res{s}.{k}" for s in (1, 2, 3) for k in range(n)]
-    assert cifar_structure(n).block_names() == [g.block for g in gates_of(model)]
+    assert cifar_resnet(n).block_names() == [g.block for g in gates_of(model)]
     assert "res1.0_preact_bn" not in [l.name for l in model.layers]  # conv0's BN-ReLU serves it
     assert model.get_layer("res2.0_conv1").strides == (2, 2)
 
 
 @pytest.mark.parametrize("gated, merge", [(True, "gate"), (False, "add")])
 def test_side_head_taps_the_middle_block(gated, merge):
-    assert side_position(cifar_structure(18)) == (1, 9)  # res2.9: n // 2 = 9
-    assert side_position(cifar_structure(5)) == (1, 2)
-    model = build_resnet(cifar_structure(4), 10, gated=gated)
+    assert cifar_resnet(18).side_head == (1, 9)  # res2.9: n // 2 = 9
+    assert cifar_resnet(5).side_head == (1, 2)
+    model = build_resnet(cifar_resnet(4, gated=gated), 10)
     assert model.get_layer("side_bn").input is model.get_layer(f"res2.2_{merge}").output
 
 
 def test_outputs_and_shapes():
-    model = build_resnet(cifar_structure(1), 100)
+    model = build_resnet(cifar_resnet(1), 100)
     out = model(np.zeros((3, 32, 32, 3), np.float32))
     assert out["logits"].shape == (3, 100) and out["side_logits"].shape == (3, 100)
-    assert set(build_resnet(cifar_structure(1), 10, side_output=False).output) == {"logits"}
+    assert set(build_resnet(cifar_resnet(1, side_output=False), 10).output) == {"logits"}
 
 
 def test_downsampling_shortcut_is_pool_and_zero_pad():
     """With the residual branch zeroed, res2.0 outputs its shortcut: 2×2 average pool, channels padded 8+8."""
-    model = build_resnet(cifar_structure(1), 10, gated=False, side_output=False, pixel_scale=1 / 128)
+    model = build_resnet(cifar_resnet(1, gated=False, side_output=False), 10, pixel_scale=1 / 128)
     conv2 = model.get_layer("res2.0_conv2")
     conv2.kernel.assign(np.zeros(conv2.kernel.shape, np.float32))
     probe = keras.Model(model.input, [model.get_layer("res1.0_add").output, model.get_layer("res2.0_add").output])
@@ -80,21 +83,50 @@ def test_downsampling_shortcut_is_pool_and_zero_pad():
     assert not y[..., :8].any() and not y[..., 24:].any()
 
 
+def removed(architecture, *blocks):
+    return dataclasses.replace(architecture, removed_blocks=blocks)
+
+
 @pytest.mark.parametrize("kwargs, fragment", [
-    (dict(family="cifar", stage_units=(2, 2), first_block_kept=(True, True)), "has 3 stages"),
-    (dict(family="cifar", stage_units=(2, 0, 2), first_block_kept=(True,) * 3), "at least its first unit"),
-    (dict(family="mnist", stage_units=(1,), first_block_kept=(True,)), "family must be one of"),
-    (dict(family="cifar", stage_units=(1, 1, 1), first_block_kept=(True,) * 3, bottleneck=True), "basic blocks"),
+    (dict(stage_units=(2, 2)), r"stage_widths \[16, 32, 64\] and stage_units \[2, 2\] must name the same"),
+    (dict(stage_units=(2, 0, 2)), r"stage_units\[1\] must be a whole number >= 1, got 0"),
+    (dict(stage_widths=(16, 8, 64)), r"each stage must keep or widen its input by an even number of channels, "
+                                     r"got \[16, 16, 8, 64\]"),
+    (dict(shortcut="projection"), "shortcut must be one of"),
+    (dict(removed_blocks=("res4.0",)), r"removed_blocks \['res4.0'\] are not blocks of this network"),
+    (dict(side_head=(1, 2)), r"side_head \(1, 2\) is not the \[stage, block\] of a unit"),
+    (dict(side_head=(1, 1), removed_blocks=("res2.1",)), r"side_head \(1, 1\) is not"),
 ])
-def test_bad_structures_are_refused_with_the_values(kwargs, fragment):
+def test_bad_architectures_are_refused_with_the_values(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
-        Structure(**kwargs)
+        dataclasses.replace(cifar_resnet(2), **kwargs)
 
 
-def test_pruned_structure_names_and_counts():
-    structure = Structure("cifar", (3, 1, 2), (True, False, False))
-    assert structure.gated_blocks == 4
-    assert structure.block_names() == ["res1.0", "res1.1", "res1.2", "res3.1"]
+def test_pruned_architecture_names_and_counts():
+    architecture = removed(cifar_resnet(3, side_output=False), "res2.0", "res2.1", "res2.2", "res3.0", "res3.2")
+    assert architecture.gated_blocks == 4
+    assert architecture.block_names() == ["res1.0", "res1.1", "res1.2", "res3.1"]
+    assert architecture.units() == [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0), (2, 1)]
+
+
+@pytest.mark.parametrize("architecture", [cifar_resnet(3), removed(cifar_resnet(2, gated=False), "res2.0"),
+                                          imagenet_resnet(101, side_output=False, image_shape=(64, 64, 3))])
+def test_an_architecture_is_data_that_reads_back(architecture):
+    raw = architecture.to_config()
+    assert json.loads(json.dumps(raw)) == raw  # plain lists, dicts and scalars
+    assert Architecture.from_config(raw) == architecture
+    with pytest.raises(ValueError, match=r"unknown \['depth'\], missing \['stage_units'\]"):
+        Architecture.from_config({**{k: v for k, v in raw.items() if k != "stage_units"}, "depth": 3})
+    with pytest.raises(ValueError, match=r"stem keys: unknown \[\], missing \['kernel'\]"):
+        Architecture.from_config({**raw, "stem": {"width": 16}})
+
+
+def test_the_presets_are_the_original_families():
+    assert cifar_resnet(5) == Architecture(Stem(16, 3), (16, 32, 64), (5, 5, 5), shortcut="pool_pad",
+                                           side_head=(1, 2), naming="res", image_shape=(32, 32, 3))
+    assert imagenet_resnet(50) == Architecture(
+        Stem(64, 7, stride=2, max_pool=True, normalization="per_channel"), (64, 128, 256, 512), (3, 4, 6, 3),
+        bottleneck=True, shortcut="conv", side_head=(2, 0), naming="group", image_shape=(224, 224, 3))
 
 
 # The layer types of each part, in build order, written out from docs/original.md §3.
@@ -105,9 +137,9 @@ def layer_types(layers):
     return [type(layer).__name__ for layer in layers]
 
 
-def test_network_parts_follow_the_structure():
-    structure = Structure("cifar", (3, 1, 2), (True, False, True))
-    model = build_resnet(structure, 10, side_output=False)
+def test_network_parts_follow_the_architecture():
+    architecture = removed(cifar_resnet(3, side_output=False), "res2.0", "res2.1", "res2.2", "res3.2")
+    model = build_resnet(architecture, 10)
     parts = network_parts(model)
     units = [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0), (2, 1)]
     assert sorted(key for key in parts if isinstance(key, tuple)) == units
@@ -125,8 +157,8 @@ def test_network_parts_follow_the_structure():
 
 def test_network_parts_copy_a_block_into_another_position():
     """Unit k of stage s of one network into unit k' of a pruned one, by the parts map alone."""
-    full = build_resnet(cifar_structure(3), 10, gated=False, side_output=False)
-    pruned = build_resnet(Structure("cifar", (3, 2, 3), (True, True, True)), 10, gated=False, side_output=False)
+    full = build_resnet(cifar_resnet(3, gated=False, side_output=False), 10)
+    pruned = build_resnet(removed(cifar_resnet(3, gated=False, side_output=False), "res2.2"), 10)
     source, target = network_parts(full), network_parts(pruned)
     for src, dst in zip(source[(1, 2)], target[(1, 1)], strict=True):
         dst.set_weights(src.get_weights())
@@ -137,8 +169,9 @@ def test_network_parts_copy_a_block_into_another_position():
 
 
 def test_imagenet_network_parts_with_a_discarded_first_block():
-    structure = Structure("imagenet", (1, 2, 1, 1), (True, False, True, True), bottleneck=True)
-    parts = network_parts(build_resnet(structure, 10, side_output=False, image_shape=(64, 64, 3)))
+    architecture = dataclasses.replace(imagenet_resnet(50, side_output=False, image_shape=(64, 64, 3)),
+                                       stage_units=(1, 2, 1, 1), removed_blocks=("group1/block0",))
+    parts = network_parts(build_resnet(architecture, 10))
     assert layer_types(parts["stem"]) == ["PixelNormalization", "Conv2D", "FusedBatchNormalization"]
     # group0/block0 widens 64 -> 256 through a convshortcut; a discarded group1/block0 keeps its
     # both_preact BN and convshortcut; the others are BN-conv1-BN-conv2-BN-conv3.
@@ -152,12 +185,12 @@ def test_imagenet_network_parts_with_a_discarded_first_block():
 def test_normalisation_is_built_in():
     """pixel_mean and pixel_scale go into the model: it takes raw pixels and computes (x − mean)·scale."""
     mean = np.random.default_rng(5).uniform(100, 150, (32, 32, 3)).astype(np.float32)
-    model = build_resnet(cifar_structure(1), 10, pixel_mean=mean, pixel_scale=1 / 128)
+    model = build_resnet(cifar_resnet(1), 10, pixel_mean=mean, pixel_scale=1 / 128)
     images = np.random.default_rng(6).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     normalised = keras.Model(model.input, model.get_layer("preprocess").output)(images).numpy()
     np.testing.assert_allclose(normalised, (images - mean) / 128, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="does not broadcast"):
-        build_resnet(cifar_structure(1), 10, pixel_mean=np.zeros((16, 16, 3)))
+        build_resnet(cifar_resnet(1), 10, pixel_mean=np.zeros((16, 16, 3)))
 
 
 def test_build_from_config():
@@ -174,12 +207,14 @@ def test_build_from_config():
     assert not gates_of(plain) and "side_logits" in plain.output
 
 
-def test_structure_for_each_family():
-    assert structure_for(ModelConfig(n=3), "cifar") == cifar_structure(3)
-    assert structure_for(ModelConfig(n=None, depth=50), "imagenet") == imagenet_structure(50)
+def test_architecture_for_each_family():
+    assert architecture_for(ModelConfig(n=3), "cifar") == cifar_resnet(3)
+    assert architecture_for(ModelConfig(n=3, gated=False, side_output=False), "cifar", (16, 16, 3)) == cifar_resnet(
+        3, gated=False, side_output=False, image_shape=(16, 16, 3))
+    assert architecture_for(ModelConfig(n=None, depth=50), "imagenet") == imagenet_resnet(50)
     with pytest.raises(ConfigError, match="model.depth is required"):
-        structure_for(ModelConfig(n=18), "imagenet")
+        architecture_for(ModelConfig(n=18), "imagenet")
     with pytest.raises(ConfigError, match="family must be one of"):
-        structure_for(ModelConfig(n=18), "mnist")
+        architecture_for(ModelConfig(n=18), "mnist")
     with pytest.raises(ConfigError, match="depth must be one of"):
-        structure_for(ModelConfig(depth=42), "imagenet")
+        architecture_for(ModelConfig(depth=42), "imagenet")

@@ -36,3 +36,29 @@ def test_a_loaded_checkpoint_s_folder_is_one_that_a_command_before_it_creates(mo
         else:
             MAINS[os.path.basename(argv[1])](flags)
     assert loads and "train_log.imagenet-d_101-e_2" in created
+
+
+def test_run_imagenet_sh_trains_the_papers_runs_with_the_per_replica_gate(monkeypatch):
+    """run_imagenet.sh's training command parses, and gates each GPU's share as the original did."""
+    with open(os.path.join(ROOT, "run_imagenet.sh"), encoding="utf-8") as f:
+        script = f.read().replace("\\\n", " ")
+    (line,) = [line for line in script.splitlines() if "imagenetEpsilonResnet.py" in line and "python" in line]
+    values = {"$depth": "152", "$eps": "1.8", "$gpus": "0,1,2,3,4,5", "$name": "x", "$IMAGENET_DIR": "/data"}
+    for variable, value in values.items():
+        line = line.replace(variable, value)
+    configs = []
+    monkeypatch.setattr(cli, "run_training", lambda args, config, default_output: configs.append(config))
+    monkeypatch.setattr(cli, "require_gpu_for_nchw", lambda: None)  # --data_format NCHW, on a machine without GPUs
+    monkeypatch.setattr(cli.console, "quiet_tensorflow", lambda verbose: None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # --gpu sets it; monkeypatch restores it afterwards
+    cli.imagenet_main(shlex.split(line)[2:])
+    (config,) = configs
+    assert (config.model.depth, config.model.epsilon, config.model.gate_scope) == (152, 1.8, "per_replica")
+
+
+def test_ci_installs_what_the_readme_installs_export_included():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        install = next(line.split("#", 1)[0].strip() for line in f if line.startswith("pip install"))
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as f:
+        assert install in [line.strip() for line in f]
+    assert install == 'pip install -e ".[test,export]"'

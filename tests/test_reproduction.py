@@ -15,8 +15,8 @@ from reproduction import REPO, RESULTS_DIR, RESULTS_NAME, scheduler
 from reproduction import __main__ as cli
 from reproduction.__main__ import SAMPLE_DATA
 from reproduction.protocol import QUICK_PROTOCOL, Targets, load_protocol
-from reproduction.report import (DOC_BEGIN, DOC_END, count, doc_section, lr_phases, mean_sd, millions, pct,
-                                 points, render_markdown)
+from reproduction.report import (README_BEGIN, README_END, count, lr_phases, mean_sd, millions, pct, points,
+                                 readme_section, render_markdown)
 from reproduction.results import SCHEMA
 from reproduction.selection import SELECTION_RULE, choose_epsilon, stats
 from epsilon_resnet.errors import ConfigError
@@ -118,17 +118,16 @@ FAKE_COMPRESS = textwrap.dedent('''
     import argparse, os
     from epsilon_resnet import compressed_cfg, run_folder
     from epsilon_resnet.compressed_cfg import CompressedSpec
-    from epsilon_resnet.structures import Structure
+    from epsilon_resnet.structures import cifar_resnet
     p = argparse.ArgumentParser(); p.add_argument("--dir"); p.add_argument("--step", type=int); p.add_argument("--data")
     a = p.parse_args()
     last = run_folder.read_metrics(a.dir)[-1]
     closed = run_folder.block_metrics(last, run_folder.IS_DISCARDED)
     blocks = [block for block, value in closed.items() if value == 1.0]
     flickers = last["epsilon"] == 3.0  # and its evaluation scores 0.001 worse than the gated network
-    kept = Structure("cifar", (1, 1, 1), [f"res{s}.0" not in blocks for s in (1, 2, 3)])
+    kept = cifar_resnet(1).compressed(blocks)
     spec = CompressedSpec(
-        "cifar10", 1, kept, 10, (32, 32, 3), run_folder.compressed_name(a.step), step=a.step,
-        epsilon=last["epsilon"], discarded_blocks=tuple(blocks),
+        "cifar10", kept, 10, run_folder.compressed_name(a.step), step=a.step, epsilon=last["epsilon"],
         flickering_blocks=({"block": "res1.0", "closed_rate": 0.95, "closed_at_inference": True},) if flickers else (),
         check={"images": 10000, "max_abs_logit_difference": 0.5 if flickers else 0.0, "logit_tolerance": 1e-4,
                "logits_equal": not flickers, "gated_error": last["val_error"],
@@ -278,11 +277,11 @@ def test_render_rewrites_the_markdown_from_the_json(fake_protocol, tmp_path):
 def test_doc_splice_replaces_only_the_marked_section(fake_protocol, tmp_path):
     fake_protocol()
     page = tmp_path / "reproduction.md"
-    page.write_text(f"# title\n\n{DOC_BEGIN}\nold table\n{DOC_END}\n\n## next\n")
+    page.write_text(f"# title\n\n{README_BEGIN}\nold table\n{README_END}\n\n## next\n")
     json_path = tmp_path / "results" / "cifar10_reproduction.json"
     cli.main(["--render", str(json_path), "--doc", str(page)])
     markdown = render_markdown(json.loads(json_path.read_text()), str(tmp_path))
-    assert page.read_text() == f"# title\n\n{DOC_BEGIN}\n{markdown}{DOC_END}\n\n## next\n"
+    assert page.read_text() == f"# title\n\n{README_BEGIN}\n{markdown}{README_END}\n\n## next\n"
     page.write_text("# no markers\n")
     with pytest.raises(SystemExit, match="no section between"):
         cli.main(["--render", str(json_path), "--doc", str(page)])
@@ -297,7 +296,7 @@ def committed(*path):
 def test_doc_section_is_the_committed_results_rendered():
     """docs/reproduction.md's report is the Markdown of reproduction/results/cifar10_reproduction.json, unedited."""
     results, page = committed(RESULTS_DIR, f"{RESULTS_NAME}.json"), committed("docs", "reproduction.md")
-    start, end = doc_section(page, "docs/reproduction.md")
+    start, end = readme_section(page, "docs/reproduction.md")
     assert page[start:end] == render_markdown(results, os.path.join(REPO, "docs"))
     for path in results["figures"]["files"]:
         assert os.path.isfile(os.path.join(REPO, path)), path

@@ -149,7 +149,7 @@ def test_last_k_checkpoints_plus_named_steps_are_kept(tmp_path, monkeypatch, cap
     assert trainer.global_step == 6 and trainer.state.values["epoch"] == 2
 
     assert run("--config", config, "-o", "k2", "--keep-step", "4") == 1
-    assert "[4] are not epoch ends" in capsys.readouterr().err
+    assert "[4] are not checkpoints this run will write" in capsys.readouterr().err
     assert run("--config", config, "-o", "k3", "--keep-checkpoints", "0") == 2
     assert "--keep-checkpoints: expected a whole number >= 1, got 0" in capsys.readouterr().err
 

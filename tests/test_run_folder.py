@@ -9,7 +9,7 @@ import pytest
 from epsilon_resnet import compressed_cfg, run_folder
 from epsilon_resnet.compressed_cfg import CompressedSpec
 from epsilon_resnet.errors import RunError
-from epsilon_resnet.structures import Structure
+from epsilon_resnet.structures import cifar_resnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,14 +41,13 @@ def test_an_evaluation_record_round_trips_and_is_never_overwritten(tmp_path, mon
 
 
 def spec(**record):
-    return CompressedSpec("cifar10", 2, Structure("cifar", (1, 2, 2), (True, False, True)), 10, (32, 32, 3),
+    return CompressedSpec("cifar10", cifar_resnet(2).compressed(["res1.1", "res2.0"]), 10,
                           run_folder.compressed_name(12), data_dir="/data", data_options={"holdout": 500},
                           eval_batch_size=8, **record)
 
 
 def test_a_compressed_spec_round_trips_through_its_cfg(tmp_path):
     written = spec(source_checkpoint="model-12", step=12, epoch=2, epsilon=2.5, decision="closed at inference",
-                   discarded_blocks=("res1.1", "res2.0"),
                    flickering_blocks=({"block": "res3.1", "closed_rate": 0.4, "closed_at_inference": False},),
                    recorded_errors={"val_error": 0.52}, check={"images": 12, "logits_equal": True},
                    warnings=("res3.1 flickered",), cost={"full": {"params": 9, "macs": 90}})
@@ -57,7 +56,7 @@ def test_a_compressed_spec_round_trips_through_its_cfg(tmp_path):
     read = compressed_cfg.read(path)
     assert read.path == path and read == CompressedSpec(**{**written.__dict__, "path": path})
     assert read.weights_path == str(tmp_path / "compressed_model_12")
-    assert read.full_structure.gated_blocks == 6
+    assert read.discarded_blocks == ("res1.1", "res2.0") and len(read.architecture.all_block_names()) == 6
     with pytest.raises(RunError, match="exists already"):
         compressed_cfg.write(path, spec())
 
@@ -66,7 +65,8 @@ def test_a_cfg_without_a_record_reads_with_an_empty_one(tmp_path):
     path = str(tmp_path / "bare.cfg")
     compressed_cfg.write(path, spec())
     read = compressed_cfg.read(path)
-    assert (read.discarded_blocks, read.check, read.step) == ((), {}, None)
+    assert (read.flickering_blocks, read.warnings, read.check, read.step) == ((), (), {}, None)
+    assert read.discarded_blocks == ("res1.1", "res2.0")  # the architecture's, not the record's
 
 
 def test_the_format_owners_import_without_tensorflow():

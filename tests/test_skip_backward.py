@@ -27,7 +27,7 @@ from epsilon_resnet.data.source import ArraySource
 from epsilon_resnet.gate import gates_of
 from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.networks import build_resnet, kernels
-from epsilon_resnet.structures import cifar_structure
+from epsilon_resnet.structures import cifar_resnet
 from cli_helpers import exit_code, write_tiny_config
 
 CLOSED = 1e30  # an ε that closes any gate
@@ -38,7 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture
 def float32_afterwards():
-    """train.mixed_precision sets Keras' global policy for the process; restore it for later tests."""
+    """train.precision sets Keras' global policy for the process; restore it for later tests."""
     yield
     keras.mixed_precision.set_global_policy("float32")
 
@@ -66,7 +66,7 @@ def gradients(model, skip, images, labels):
 
 def test_gradients_equal_todays_and_closed_branches_get_exactly_weight_decay():
     keras.utils.set_random_seed(3)
-    model = build_resnet(cifar_structure(2), 10, image_shape=(16, 16, 3), side_output=False)
+    model = build_resnet(cifar_resnet(2, image_shape=(16, 16, 3), side_output=False), 10)
     close_every_other(model)
     images = tf.random.uniform((4, 16, 16, 3), 0, 255, seed=1)
     labels = tf.constant([1, 2, 3, 4])
@@ -87,7 +87,7 @@ def test_the_backward_kernels_of_a_branch_sit_inside_its_conditional():
     """Traced once: with the skip, only the stem's Conv2DBackpropFilter stays outside the
     branches' conditionals; without it all 1 + 2 per block do."""
     keras.utils.set_random_seed(0)
-    model = build_resnet(cifar_structure(2), 10, image_shape=(16, 16, 3), side_output=False)
+    model = build_resnet(cifar_resnet(2, image_shape=(16, 16, 3), side_output=False), 10)
     images, labels = tf.zeros((2, 16, 16, 3)), tf.constant([0, 1])
     counts = {}
     for skip in (False, True):
@@ -101,7 +101,7 @@ def test_the_backward_kernels_of_a_branch_sit_inside_its_conditional():
 def test_a_closed_branch_runs_no_backward_kernel(closed):
     """Profiled: all gates closed, the step executes the stem's filter gradient alone."""
     keras.utils.set_random_seed(0)
-    model = build_resnet(cifar_structure(1), 10, image_shape=(16, 16, 3), side_output=False)
+    model = build_resnet(cifar_resnet(1, image_shape=(16, 16, 3), side_output=False), 10)
     for gate in gates_of(model):
         gate.epsilon.assign(CLOSED if closed else 0.0)
     images, labels = tf.random.uniform((2, 16, 16, 3), 0, 255, seed=2), tf.constant([0, 1])
@@ -133,7 +133,7 @@ def gate_decisions(path):
     return path.endswith(("_gate/is_discarded", "_gate/updates"))
 
 
-@pytest.mark.parametrize("train", [{}, pytest.param({"mixed_precision": True}, marks=pytest.mark.slow),
+@pytest.mark.parametrize("train", [{}, pytest.param({"precision": "mixed_float16"}, marks=pytest.mark.slow),
                                    pytest.param({"jit_compile": True}, marks=pytest.mark.slow)],
                          ids=["float32", "mixed-precision", "xla"])
 def test_weights_after_training_steps_equal_todays(float32_afterwards, train):
@@ -155,7 +155,7 @@ def test_a_mixed_precision_xla_step_equals_todays_to_float16_rounding(float32_af
     off without the skip (after 4 steps 1.3% and 1.8% of conv0's largest weight), so the
     comparison is of one step: weights, batch-norm statistics and momentum (the first
     gradient) within FLOAT16_ROUNDING of each variable's largest value."""
-    today, skipped = (train_steps(skip, 1, mixed_precision=True, jit_compile=True) for skip in (False, True))
+    today, skipped = (train_steps(skip, 1, precision="mixed_float16", jit_compile=True) for skip in (False, True))
     for path in today:
         if gate_decisions(path):
             assert skipped[path] == today[path], path

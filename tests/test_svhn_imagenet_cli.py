@@ -109,6 +109,17 @@ def test_fake_resnet18_run_then_eval_prints_the_checkpoints_errors_and_writes_no
     assert values == pytest.approx({"top-1 error": record["val_error"], "top-5 error": record["val_error_top5"],
                                     "val_cost": record["val_cost"]}, rel=1e-4, abs=1e-5)
     assert snapshot(run_dir) == before and sorted(os.listdir(tmp_path)) == entries
+    assert "on 12 fake-imagenet validation images in batches of 8\n" in printed  # the config's eval batch
+
+    # With a null eval batch, --eval scores in batches of 128 as the original did, whatever the GPUs
+    # (training validates on 256 // GPUs, 64 on these 4).
+    null_batch = tmp_path / "null-batch.yaml"
+    null_batch.write_text(config_lib.dump(config_lib.replace(config_lib.load(fake_config),
+                                                             **{"train.eval_batch_size": None})))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # --gpu sets it; restored after the test
+    assert exit_code(imagenet_main, "--eval", "--load", checkpoint, "--config", str(null_batch), "--fake",
+                     "-d", "18", "--image-size", "64", "--gpu", "0,1,2,3") == 0
+    assert "on 12 fake-imagenet validation images in batches of 128\n" in capsys.readouterr().out
 
     # A checkpoint of another depth is refused with a clear message.
     assert exit_code(imagenet_main, "--eval", "--load", checkpoint, "--config", fake_config, "--fake",

@@ -94,11 +94,26 @@ class DataSource:
 
     def eval_dataset(self, batch_size):
         """Every evaluation example once, in a fixed order, in batches (the last may be short)."""
-        def preprocessed(image, label):
-            return augment.apply_fixed(self.eval_preprocess, tf.cast(image, tf.float32)), label
-
-        dataset = self._eval_examples().map(preprocessed, num_parallel_calls=AUTOTUNE)
+        dataset = self._eval_examples().map(self._eval_preprocessed, num_parallel_calls=AUTOTUNE)
         return _finish(dataset, batch_size, drop_remainder=False)
+
+    def training_sample(self, count, batch_size, seed=0):
+        """(indices, batches) of `count` training images (all, if there are fewer), not augmented
+        but preprocessed as for evaluation: a seeded sample of the images this source trains
+        on, so never a test or held-out image (to calibrate an int8 model, say). indices: their
+        positions, sorted, among the training examples (without the held-out ones)."""
+        indices = np.sort(np.random.default_rng(seed).choice(self.num_train, min(count, self.num_train),
+                                                             replace=False))
+        dataset = self._train_examples_at(indices).map(self._eval_preprocessed, num_parallel_calls=AUTOTUNE)
+        return indices, _finish(dataset, batch_size, drop_remainder=False)
+
+    def _eval_preprocessed(self, image, label):
+        return augment.apply_fixed(self.eval_preprocess, tf.cast(image, tf.float32)), label
+
+    def _train_examples_at(self, indices):
+        """The training examples at these positions, in that order."""
+        raise DataError(f"{self.name}: this form of the dataset cannot fetch training images by position "
+                        f"(a record stream); use its folder form")
 
     def _train_examples(self, seed, shard):
         """Endless (image, label) stream of this shard, reshuffled every epoch."""
@@ -183,6 +198,9 @@ class IndexedSource(DataSource):
 
     def _eval_examples(self):
         return self._loaded("eval", tf.data.Dataset.range(self.num_eval))
+
+    def _train_examples_at(self, indices):
+        return self._loaded("train", tf.data.Dataset.from_tensor_slices(np.asarray(indices, np.int64)))
 
     def _loaded(self, split, indices):
         dataset = indices.map(self._loader(split), num_parallel_calls=AUTOTUNE)
