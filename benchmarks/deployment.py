@@ -24,7 +24,8 @@ Targets (judged on the whole interval):
 4. compressed (83%) int8 LiteRT at batch 1 answers at least 30x as fast as the full float32
    network through model.predict.
 
-    python -m benchmarks.deployment [--minutes 5]; then --render README.md puts the table there
+    python -m benchmarks.deployment [--minutes 5]; then --render puts the report into
+    docs/deployment.md and its summary into README.md
 """
 import argparse
 import glob
@@ -50,7 +51,8 @@ SHARES = (0.22, 0.83)
 RUNTIMES = ("tf_predict", "tf_function", "onnxruntime", "litert_float32", "litert_int8")
 BATCHES = (1, 32)
 KEPT_RUNS = os.path.join("reproduction", "results", "networks", "final-eps7.5-s1*")
-README_MARKERS = ("<!-- deployment: begin -->", "<!-- deployment: end -->")
+MARKERS = ("<!-- deployment: begin -->", "<!-- deployment: end -->")  # in both pages
+REPORT_PAGE, SUMMARY_PAGE = os.path.join("docs", "deployment.md"), "README.md"
 MARGIN, INT8_POINTS, INT8_SPEEDUP, DEPLOYED_SPEEDUP = 0.10, 1.0, 1.5, 30.0
 TIMED_CALIBRATION = 100  # training images calibrating the timed (random-weight) networks' int8 files
 PACKAGES = ("tensorflow", "keras", "onnxruntime", "ai-edge-litert", "tf2onnx", "onnx")
@@ -221,12 +223,41 @@ def measured(value):
     return f"{value:.3f}"
 
 
-def render_markdown(result):
-    """The README's deployment section: a function of the results file alone."""
-    machine, nets = result["machine"], result["networks"]
+def measured_on(result):
+    """Where and with what the results were measured: CPU, date, commit, runtime versions."""
+    machine = result["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in result["runtime_versions"].items())
-    lines = [f"{machine['cpu_model']}, {machine['cores']} cores, {result['date'][:10]}, commit "
-             f"{(result['commit'] or '?')[:7]}; {versions}. ResNet-{6 * result['args']['n'] + 2} (random weights) "
+    return (f"{machine['cpu_model']}, {machine['cores']} cores, {result['date'][:10]}, commit "
+            f"{(result['commit'] or '?')[:7]}; {versions}")
+
+
+def latency_table(result):
+    """Milliseconds per image at batch 1 / 32 per runtime and network, and the ratios to the full one."""
+    nets = result["networks"]
+    lines = ["| runtime | " + " | ".join(nets) + " | " + " | ".join(f"{n} / full" for n in nets if n != "full") + " |",
+             "|---|" + "---|" * (2 * len(nets) - 1)]
+    for runtime in RUNTIMES:
+        cells = [f"{1e3 * result['seconds_per_image'][f'{n} {runtime} batch 1']:.2f} / "
+                 f"{1e3 * result['seconds_per_image'][f'{n} {runtime} batch 32']:.2f}" for n in nets]
+        cells += [measured(result["ratios"][f"{n}/full {runtime} batch 1"]) for n in nets if n != "full"]
+        lines.append(f"| {runtime} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_summary(result):
+    """The README's few lines: the latency table and the targets' count, linking the report."""
+    verdicts = [t["verdict"] for t in result["targets"]]
+    return "\n".join([f"{measured_on(result)}. Milliseconds per image at batch 1 / at batch 32, and the "
+                      f"compressed / full ratio at batch 1 (95% interval):", "", *latency_table(result), "",
+                      f"Targets: {verdicts.count('PASS')} of {len(verdicts)} met, {len(verdicts) - verdicts.count('PASS')} "
+                      f"missed; file sizes, int8 accuracy and every target with its measured reason are in "
+                      f"[docs/deployment.md](docs/deployment.md)."]) + "\n"
+
+
+def render_markdown(result):
+    """docs/deployment.md's report: a function of the results file alone."""
+    machine, nets = result["machine"], result["networks"]
+    lines = [f"{measured_on(result)}. ResNet-{6 * result['args']['n'] + 2} (random weights) "
              f"and its compressed versions: "
              + "; ".join(f"{name} {nets[name]['removed_blocks']} blocks removed, MAC ratio {nets[name]['mac_ratio']:.3f}, "
                          f"parameter ratio {nets[name]['param_ratio']:.3f}" for name in nets if name != "full")
@@ -234,14 +265,7 @@ def render_markdown(result):
                f"{machine['other_processes_cpu_share']:.0%} of the cores busy"
              + (" (a CIFAR training among them)" if machine["other_training_running"] else "")
              + ". Milliseconds per image at batch 1 / at batch 32, and the compressed / full ratio at batch 1 "
-               "(95% interval):", "",
-             "| runtime | " + " | ".join(nets) + " | " + " | ".join(f"{n} / full" for n in nets if n != "full") + " |",
-             "|---|" + "---|" * (2 * len(nets) - 1)]
-    for runtime in RUNTIMES:
-        cells = [f"{1e3 * result['seconds_per_image'][f'{n} {runtime} batch 1']:.2f} / "
-                 f"{1e3 * result['seconds_per_image'][f'{n} {runtime} batch 32']:.2f}" for n in nets]
-        cells += [measured(result["ratios"][f"{n}/full {runtime} batch 1"]) for n in nets if n != "full"]
-        lines.append(f"| {runtime} | " + " | ".join(cells) + " |")
+               "(95% interval):", "", *latency_table(result)]
     lines += ["", "File sizes (MB): " + "; ".join(
         f"{fmt} " + " / ".join(f"{result['file_sizes'][n][fmt] / 1e6:.2f}" for n in nets)
         for fmt in result["file_sizes"]["full"]) + f" ({' / '.join(nets)}).", ""]
@@ -267,13 +291,16 @@ def main(argv=None):
     parser.add_argument("--block-seconds", type=float, default=0.1, help="about how long one timed block runs")
     parser.add_argument("--cifar-data", default="/tmp/cifar10", help="CIFAR-10 folder: calibration and test images")
     parser.add_argument("--runs", default=KEPT_RUNS, help="run folders of the kept networks to score ('' for none)")
-    parser.add_argument("--render", metavar="README",
-                        help="only render results/deployment.json into this README, between its deployment markers")
+    parser.add_argument("--render", action="store_true",
+                        help=f"only render results/{NAME}.json: the report into {REPORT_PAGE}, its summary into "
+                             f"{SUMMARY_PAGE}, each between its deployment markers")
     args = parser.parse_args(argv)
     if args.render:
         with open(os.path.join(provenance.RESULTS_DIR, f"{NAME}.json"), encoding="utf-8") as f:
-            splice_readme(args.render, render_markdown(json.load(f)), README_MARKERS)
-        return print(f"rendered results/{NAME}.json into {args.render}")
+            result = json.load(f)
+        for page, render in ((REPORT_PAGE, render_markdown), (SUMMARY_PAGE, render_summary)):
+            splice_readme(os.path.join(provenance.REPO, page), render(result), MARKERS)
+        return print(f"rendered results/{NAME}.json into {REPORT_PAGE} and {SUMMARY_PAGE}")
     watch = common.MachineWatch()
     cifar = data.get_source("cifar10", args.cifar_data)
     with tempfile.TemporaryDirectory(prefix="deployment-") as folder:

@@ -2,7 +2,7 @@
 
     python -m reproduction --data DIR [--workdir DIR] [--results DIR] [--jobs K]
     python -m reproduction --quick   # the whole protocol on the 500-image sample, in minutes
-    python -m reproduction --render reproduction/results/cifar10_reproduction.json --readme README.md
+    python -m reproduction --render reproduction/results/cifar10_reproduction.json --doc docs/reproduction.md
 
 The protocol (`protocol`, a YAML file in reproduction/protocols/) says which runs to make from
 two training configs (`runs`). Every run is made only through the command lines, in a process

@@ -10,7 +10,7 @@ from epsilon_resnet.errors import Interrupted, RunError, UserError
 from reproduction import NETWORKS, REPO, RESULTS_DIR, RESULTS_NAME, read_text, shown
 from reproduction.ledger import Ledger
 from reproduction.protocol import PROTOCOL, QUICK_PROTOCOL, load_protocol
-from reproduction.report import README_BEGIN, README_END, render_file, splice_readme
+from reproduction.report import README_BEGIN, README_END, read_results, render_file, splice_report
 from reproduction.results import build_results, run_record, selection_summary, sha256_file
 from reproduction.runs import final_runs, selection_runs
 from reproduction.scheduler import SCRIPTS, Scheduler
@@ -93,8 +93,8 @@ def parse_args(argv):
                                                              "ResNet-8 for one epoch: minutes, numbers meaningless")
     parser.add_argument("--render", metavar="JSON", help="only write the Markdown beside this results file, "
                                                          "rendered from it")
-    parser.add_argument("--readme", metavar="PATH", help=f"also put the Markdown into PATH (e.g. README.md), "
-                                                         f"between the lines {README_BEGIN} and {README_END}")
+    parser.add_argument("--doc", metavar="PATH", help=f"also put the Markdown into PATH (docs/reproduction.md), "
+                                                      f"between the lines {README_BEGIN} and {README_END}")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -135,11 +135,11 @@ def main(argv=None):
         else:
             json_path, md_path = reproduce(args, command)
             print(read_text(md_path))
-        if args.readme:
-            splice_readme(args.readme, read_text(md_path))
+        if args.doc:
+            splice_report(args.doc, read_results(json_path))
     except (UserError, OSError, subprocess.CalledProcessError) as err:
         sys.exit(f"error: {err}")
-    print(f"wrote {md_path}{f' and its section of {args.readme}' if args.readme else ''} from {json_path}")
+    print(f"wrote {md_path}{f' and its section of {args.doc}' if args.doc else ''} from {json_path}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """The reproduction's Markdown, a function of the results JSON alone: the hand-written text of
-reproduction/report.md with the numbers, tables and figures filled in; and the README splice."""
+reproduction/report.md with the numbers, tables and figures filled in; and its place in
+docs/reproduction.md."""
 import json
 import os
 
 from benchmarks.provenance import write_atomic
 from epsilon_resnet.errors import RunError
-from reproduction import read_text
+from reproduction import REPO, read_text
 from reproduction.results import SCHEMA, in_points, logit_check, logit_check_text
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.md")
@@ -137,17 +138,20 @@ def compression_checks(runs):
             f"evaluated image: {verdict} (over the runs: {over_runs}).")
 
 
-def figures(results):
+def figures(results, doc_dir):
+    """The figures' links; doc_dir: the folder of the page they appear in, when the results
+    name them relative to the repository (None keeps the names as the results give them)."""
     figs = results.get("figures")
     if not figs:
         return ""
-    lines = [f"![{os.path.splitext(os.path.basename(path))[0]}]({path})" for path in figs["files"]]
+    links = [os.path.relpath(os.path.join(REPO, path), doc_dir) if doc_dir else path for path in figs["files"]]
+    lines = [f"![{os.path.splitext(os.path.basename(path))[0]}]({path})" for path in links]
     return "\n" + "\n".join(lines + ["", f"The figures come from `{figs['command']}` (the final runs; bands: mean ± "
                                           "sample standard deviation over the seeds)."])
 
 
-def render_markdown(results):
-    """The reproduction section of the README: a function of the results JSON only."""
+def render_markdown(results, doc_dir=None):
+    """The reproduction report: a function of the results JSON only (doc_dir: see `figures`)."""
     final, protocol = results["final"], results["protocol"]["content"]
     selection, plain = protocol["selection"], final["plain"]
     first = next(r for r in results["runs"] if r["phase"] == "final")
@@ -181,13 +185,13 @@ def render_markdown(results):
         "machines": "; ".join(sorted({f"{s['machine']['cores']} cores, {s['machine']['cpu_model']}, TensorFlow "
                                       f"{s['machine']['tensorflow']}" for s in sessions})),
         "first_date": min(s["started"] for s in sessions), "last_date": max(s["ended"] for s in sessions),
-        "figures": figures(results),
+        "figures": figures(results, doc_dir),
     }
     return read_text(TEMPLATE).format(**values)
 
 
-def render_file(json_path):
-    """Write <name>.md beside <name>.json, rendered from the JSON alone; returns its path."""
+def read_results(json_path):
+    """A reproduction results file, checked to be one."""
     try:
         results = json.loads(read_text(json_path))
     except ValueError as err:
@@ -195,8 +199,13 @@ def render_file(json_path):
     if not isinstance(results, dict) or results.get("schema") != SCHEMA:
         raise RunError(f"{json_path} is not a reproduction results file (schema {SCHEMA}): run the reproduction "
                        f"to make one")
+    return results
+
+
+def render_file(json_path):
+    """Write <name>.md beside <name>.json, rendered from the JSON alone; returns its path."""
     md_path = os.path.splitext(json_path)[0] + ".md"
-    write_atomic(md_path, render_markdown(results))
+    write_atomic(md_path, render_markdown(read_results(json_path)))
     return md_path
 
 
@@ -215,3 +224,9 @@ def splice_readme(readme_path, markdown, markers=(README_BEGIN, README_END)):
     text = read_text(readme_path)
     start, end = readme_section(text, readme_path, markers)
     write_atomic(readme_path, text[:start] + markdown + text[end:])
+
+
+def splice_report(doc_path, results):
+    """Put the report between a page's two reproduction markers (docs/reproduction.md),
+    replacing what was there, its figure links relative to that page."""
+    splice_readme(doc_path, render_markdown(results, os.path.dirname(os.path.abspath(doc_path))))

@@ -60,16 +60,19 @@ def test_deployment_benchmark_runs_with_tiny_settings():
     assert result_file_state("deployment") == before
 
 
-def test_readme_deployment_section_is_the_committed_results_rendered():
-    """The README's deployment table is benchmarks/results/deployment.json rendered, unedited."""
+def test_deployment_pages_are_the_committed_results_rendered():
+    """docs/deployment.md's report and the README's summary are benchmarks/results/deployment.json
+    rendered, unedited."""
     from benchmarks import deployment
     from reproduction.report import readme_section
 
     with open(os.path.join(RESULTS, "deployment.json"), encoding="utf-8") as f:
         results = json.load(f)
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    start, end = readme_section(readme, "README.md", deployment.README_MARKERS)
-    assert readme[start:end] == deployment.render_markdown(results)
+    for page, render in ((deployment.REPORT_PAGE, deployment.render_markdown),
+                         (deployment.SUMMARY_PAGE, deployment.render_summary)):
+        with open(os.path.join(REPO, page), encoding="utf-8") as f:
+            text = f.read()
+        start, end = readme_section(text, page, deployment.MARKERS)
+        assert text[start:end] == render(results), page
     assert results["commit"] and not [path for path in results["dirty"] if not path.startswith("benchmarks/results")]
     assert {"cpu_model", "cores"} <= set(results["machine"]) and "onnxruntime" in results["runtime_versions"]

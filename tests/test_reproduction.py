@@ -274,18 +274,18 @@ def test_render_rewrites_the_markdown_from_the_json(fake_protocol, tmp_path):
     assert md.read_text() == text
 
 
-def test_readme_splice_replaces_only_the_marked_section(fake_protocol, tmp_path):
+def test_doc_splice_replaces_only_the_marked_section(fake_protocol, tmp_path):
     fake_protocol()
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\n{README_BEGIN}\nold table\n{README_END}\n\n## next\n")
+    page = tmp_path / "reproduction.md"
+    page.write_text(f"# title\n\n{README_BEGIN}\nold table\n{README_END}\n\n## next\n")
     json_path = tmp_path / "results" / "cifar10_reproduction.json"
-    cli.main(["--render", str(json_path), "--readme", str(readme)])
-    markdown = (tmp_path / "results" / "cifar10_reproduction.md").read_text()
-    assert readme.read_text() == f"# title\n\n{README_BEGIN}\n{markdown}{README_END}\n\n## next\n"
-    readme.write_text("# no markers\n")
+    cli.main(["--render", str(json_path), "--doc", str(page)])
+    markdown = render_markdown(json.loads(json_path.read_text()), str(tmp_path))
+    assert page.read_text() == f"# title\n\n{README_BEGIN}\n{markdown}{README_END}\n\n## next\n"
+    page.write_text("# no markers\n")
     with pytest.raises(SystemExit, match="no section between"):
-        cli.main(["--render", str(json_path), "--readme", str(readme)])
-    assert readme.read_text() == "# no markers\n"
+        cli.main(["--render", str(json_path), "--doc", str(page)])
+    assert page.read_text() == "# no markers\n"
 
 
 def committed(*path):
@@ -293,19 +293,19 @@ def committed(*path):
         return json.load(f) if path[-1].endswith(".json") else f.read()
 
 
-def test_readme_section_is_the_committed_results_rendered():
-    """The README's reproduction is the Markdown of reproduction/results/cifar10_reproduction.json, unedited."""
-    results, readme = committed(RESULTS_DIR, f"{RESULTS_NAME}.json"), committed("README.md")
-    start, end = readme_section(readme, "README.md")
-    assert readme[start:end] == render_markdown(results)
+def test_doc_section_is_the_committed_results_rendered():
+    """docs/reproduction.md's report is the Markdown of reproduction/results/cifar10_reproduction.json, unedited."""
+    results, page = committed(RESULTS_DIR, f"{RESULTS_NAME}.json"), committed("docs", "reproduction.md")
+    start, end = readme_section(page, "docs/reproduction.md")
+    assert page[start:end] == render_markdown(results, os.path.join(REPO, "docs"))
     for path in results["figures"]["files"]:
         assert os.path.isfile(os.path.join(REPO, path)), path
 
 
-def test_readme_reading_quotes_the_committed_results():
-    """Every number of the README's hand-written reading of the reproduction, made from the results files."""
-    readme = committed("README.md")
-    reading = " ".join(readme[readme.index("### Reading the reproduction"):readme.index("## Benchmarks")].split())
+def test_reading_quotes_the_committed_results():
+    """Every number of docs/reproduction.md's hand-written reading, made from the results files."""
+    page = committed("docs", "reproduction.md")
+    reading = " ".join(page[page.index("## Reading the reproduction"):page.index("## Re-making the reproduction")].split())
     results, v1 = committed(RESULTS_DIR, f"{RESULTS_NAME}.json"), committed(RESULTS_DIR, "v1", f"{RESULTS_NAME}.json")
     eps, plain, selection = results["final"]["eps"], results["final"]["plain"], results["selection"]
     chosen = next(c for c in selection["candidates"] if c["epsilon"] == selection["chosen_epsilon"])
@@ -348,6 +348,30 @@ def test_readme_reading_quotes_the_committed_results():
     assert len({sizes[s]["val_error"]["mean"] for s in sizes}) == 1  # inference mode: one error at every size
     for phrase in quoted:
         assert phrase in reading, phrase
+
+
+def test_readme_results_quote_the_committed_results():
+    """The README's few lines on the reproduction, made from the results file."""
+    readme = committed("README.md")
+    summary = " ".join(readme[readme.index("## Results"):readme.index("## Documentation")].split())
+    results = committed(RESULTS_DIR, f"{RESULTS_NAME}.json")
+    eps, plain, protocol = results["final"]["eps"], results["final"]["plain"], results["protocol"]["content"]
+    met = sum(t["met"] for t in results["targets"])
+    words = dict(enumerate(["no", "one", "two", "three", "four", "five"]))
+    quoted = [
+        f"pre-activation ResNet-{plain['depth']} trained for {plain['epochs']} epochs",
+        f"ε chosen on {protocol['selection']['holdout']:,} held-out training images",
+        f"then {words[len(protocol['final']['seeds'])]} seeds each on the test set",
+        f"The plain network scores {mean_sd(plain['test_error'], pct, points)} test error",
+        f"ε-ResNet at ε = {eps['epsilon']:g} scores {mean_sd(eps['test_error'], pct, points)} and removes "
+        f"{eps['removed']['mean']:.2f} of its {eps['blocks']} blocks on average",
+        f"in every run its compressed network's logits equal the gated network's",
+        f"{words[met].capitalize()} of the protocol's {words[len(results['targets'])]} targets are met, "
+        f"{words[len(results['targets']) - met]} are missed",
+    ]
+    assert eps["lossless_runs"] == len(eps["runs"])
+    for phrase in quoted:
+        assert phrase in summary, phrase
 
 
 # ---- the real command lines -------------------------------------------------------------------------

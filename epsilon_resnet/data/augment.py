@@ -170,7 +170,7 @@ def pca_lighting(image, seed, *, std, eigval=IMAGENET_EIGVAL, eigvec=IMAGENET_EI
     original applied it: eigvec·(N(0, std)·eigval) added to 0..255 pixels, with eigval in
     0..1 units, so hundredths of a grey level (1/255 of AlexNet's). tensorpack truncated the
     sum back to uint8, a shift of 0 or -1 grey level per channel; here the float shift stays
-    (docs/original.md §6; the README lists the difference)."""
+    (docs/original.md §6; docs/differences.md lists the difference)."""
     alpha = tf.random.stateless_normal([3], seed, stddev=std)
     return image + tf.linalg.matvec(eigvec, alpha * eigval)
 

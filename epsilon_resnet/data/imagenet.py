@@ -115,7 +115,7 @@ class TfdsImageNetSource(DataSource):
 
     def _eval_examples(self):
         # In the order tensorflow-datasets stored them (shuffled when it prepared the split):
-        # batches mix classes, but the order is not the image ids' (README, differences).
+        # batches mix classes, but the order is not the image ids' (docs/differences.md).
         return self._decoded(self._records("validation"))
 
 
