@@ -193,17 +193,16 @@ class StrictIdentity(keras.layers.Layer):
     looked for.
 
     `skip_closed_backward` (train.skip_closed_backward: no backward pass through a closed
-    block's branch, `skip_closed_backward`) and `scope` (model.gate_scope, checked there)
-    are training-step settings: they change no value the layer computes, so they are not part
-    of its saved config, and a loaded layer takes the defaults.
+    block's branch, see `skip_closed_backward`) and `scope` (model.gate_scope, checked there)
+    act on training steps only, so they are settings of the run, not of the network: they are
+    not part of the saved layer config, and a loaded layer takes the defaults.
 
     Under a tf.distribute strategy every replica updates its own copy of the weights with the
     same values: with the gate scope "global" every replica decides on the whole batch; with
-    "per_replica" each replica
-    decides on its own share of the batch, as the original's towers did, and the averages are
-    updated with replica 0's values (`replica_zero`), so the stored averages, hence the
-    learning-rate restarts and the decision at inference, are replica 0's, as the original's
-    were tower 0's (docs/original.md §1).
+    "per_replica" each replica decides on its own share of the batch, as the original's towers
+    did, and the averages are updated with replica 0's values (`replica_zero`), so the stored
+    averages, hence the learning-rate restarts and the decision at inference, are replica 0's,
+    as the original's were tower 0's (docs/original.md §1).
     """
 
     def __init__(self, epsilon=0.0, block=None, ema_decay=GATE_EMA_DECAY, inference="stored",
