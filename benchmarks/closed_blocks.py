@@ -39,15 +39,14 @@ def stop_branch_gradient(gate):
 
 @contextlib.contextmanager
 def variant_step(args, kind, percent):
-    with common.cifar_training_step(args.n, args.batch, True, True) as step:
+    with common.cifar_training_step(args.n, args.batch, True, True,
+                                    skip_closed_backward=kind != "open_no_skip") as step:
         gates = gates_of(step.trainer.model)
         for index in evenly_spread(len(gates), percent):
             if kind == "closed":
                 gates[index].epsilon.assign(CLOSED_EPSILON)
             else:
                 stop_branch_gradient(gates[index])
-        for gate in gates:
-            gate.skip_closed_backward = kind != "open_no_skip"
         yield step
 
 

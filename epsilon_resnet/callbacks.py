@@ -11,6 +11,7 @@ import numpy as np
 
 from epsilon_resnet import gate, run_folder
 from epsilon_resnet.schedules import AdaptiveLearningRate, epsilon_at, whole_blocks
+from epsilon_resnet.structures import GATE_METRICS
 
 logger = logging.getLogger("epsilon_resnet")
 
@@ -22,18 +23,19 @@ def gate_summary(model):
     no gate and do not count)."""
     gates = gate.gates_of(model)
     logs = {run_folder.block_metric(g.block, stat): float(getattr(g, stat).numpy())
-            for g in gates for stat in run_folder.GATE_METRICS}
-    count = sum(logs[run_folder.block_metric(g.block, run_folder.IS_DISCARDED)] for g in gates)
+            for g in gates for stat in GATE_METRICS}
+    count = float(gate.discarded_count(gates))
     return {"discarded_cnt": count, "discarded_ratio": count / len(gates) if gates else 0.0, **logs}
 
 
 class LearningRateSetter(keras.callbacks.Callback):
     """Applies an AdaptiveLearningRate policy to the optimizer (docs/original.md §5).
 
-    At each epoch start it sets the lr the policy has in force for that epoch; at each
-    epoch end it reads discarded_cnt from the model's gates itself (the value at the end of
-    the epoch, whatever the epoch logs hold and wherever this callback is in the list) and
-    lets the policy decide on a restart. The policy's state and the per-epoch history are
+    At each epoch start it sets the lr the policy has in force for that epoch, which it adds
+    to the epoch's logs as learning_rate; at each epoch end it reads discarded_cnt from the
+    model's gates itself (`gate.discarded_count`: the value at the end of the epoch, whatever
+    the epoch logs hold and wherever this callback is in the list) and lets the policy decide
+    on a restart. The policy's state and the per-epoch history are
     what a checkpoint must keep (state/load_state) for a resumed run to restart the
     schedule exactly as before.
     """
@@ -47,18 +49,23 @@ class LearningRateSetter(keras.callbacks.Callback):
         # the history, so a block closed in epoch 1 is newly discarded too: the original's
         # history began at epoch 1's end, so such a block never restarted the schedule.
         if not self.history:
-            self.history.append(gate_summary(self.model)["discarded_cnt"])
+            self.history.append(self.discarded_count())
 
     def on_epoch_begin(self, epoch, logs=None):
         self.optimizer.learning_rate = self.policy.lr_at(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.history.append(gate_summary(self.model)["discarded_cnt"])  # 0 for a plain network
+        if logs is not None:  # the optimizer's value, as it holds it
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
+        self.history.append(self.discarded_count())
         lr = self.policy.after_epoch(epoch, self.history)
         if self.policy.last_restart == epoch:
             logger.info("discarded_cnt reached %.6g (%d whole blocks) at the end of epoch %d: the learning rate "
                         "restarts at %g from epoch %d", self.history[-1], whole_blocks(self.history[-1]), epoch,
                         lr, epoch + 1)
+
+    def discarded_count(self):
+        return float(gate.discarded_count(gate.gates_of(self.model)))  # 0 for a plain network
 
     def state(self):
         return {**self.policy.state(), "history": list(self.history)}
@@ -71,14 +78,19 @@ class LearningRateSetter(keras.callbacks.Callback):
 class EpsilonScheduler(keras.callbacks.Callback):
     """Sets ε of every gate at the start of each epoch from (epoch, ε) points, `default`
     before the first point is in force and for points whose ε is None (a point (e, ε) holds
-    from epoch e + 1)."""
+    from epoch e + 1); adds the ε in force to the epoch's logs as epsilon."""
 
     def __init__(self, points, default):
         super().__init__()
-        self.points, self.default = [tuple(p) for p in points], default
+        self.points, self.default, self.in_force = [tuple(p) for p in points], default, None
 
     def on_epoch_begin(self, epoch, logs=None):
-        gate.set_epsilon(self.model, epsilon_at(self.points, epoch, self.default))
+        self.in_force = epsilon_at(self.points, epoch, self.default)
+        gate.set_epsilon(self.model, self.in_force)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epsilon"] = self.in_force
 
 
 class GateMonitor(keras.callbacks.Callback):

@@ -28,8 +28,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
-from epsilon_resnet.run_folder import GATE_METRICS
-from epsilon_resnet.structures import GATE_EMA_DECAY, GATE_INFERENCE_MODES
+from epsilon_resnet.structures import GATE_EMA_DECAY, GATE_INFERENCE_MODES, GATE_METRICS
 
 GATE_SLOPE = 1e6  # L: any s above 1/L opens the gate fully; a smaller L leaves it half-open.
 CLOSED_AT_INFERENCE = 0.5  # the is_discarded average from which a block is closed at inference
@@ -193,16 +192,21 @@ class StrictIdentity(keras.layers.Layer):
     block has stayed closed for a few hundred steps, which is what the original's compression
     looked for.
 
+    `skip_closed_backward` (train.skip_closed_backward: no backward pass through a closed
+    block's branch, see `skip_closed_backward`) and `scope` (model.gate_scope, checked there)
+    act on training steps only, so they are settings of the run, not of the network: they are
+    not part of the saved layer config, and a loaded layer takes the defaults.
+
     Under a tf.distribute strategy every replica updates its own copy of the weights with the
     same values: with the gate scope "global" every replica decides on the whole batch; with
-    "per_replica" (`scope`, a training-step setting like `skip_closed_backward`) each replica
-    decides on its own share of the batch, as the original's towers did, and the averages are
-    updated with replica 0's values (`replica_zero`), so the stored averages, hence the
-    learning-rate restarts and the decision at inference, are replica 0's, as the original's
-    were tower 0's (docs/original.md §1).
+    "per_replica" each replica decides on its own share of the batch, as the original's towers
+    did, and the averages are updated with replica 0's values (`replica_zero`), so the stored
+    averages, hence the learning-rate restarts and the decision at inference, are replica 0's,
+    as the original's were tower 0's (docs/original.md §1).
     """
 
-    def __init__(self, epsilon=0.0, block=None, ema_decay=GATE_EMA_DECAY, inference="stored", **kwargs):
+    def __init__(self, epsilon=0.0, block=None, ema_decay=GATE_EMA_DECAY, inference="stored",
+                 skip_closed_backward=True, scope="global", **kwargs):
         super().__init__(**kwargs)
         if float(epsilon) < 0:
             raise ValueError(f"epsilon must be >= 0, got {float(epsilon)}")
@@ -212,9 +216,7 @@ class StrictIdentity(keras.layers.Layer):
         self.initial_epsilon = float(epsilon)
         self.block = block or self.name  # the user-facing block name, e.g. "res2.9" or "group2/block9"
         self.ema_decay = float(ema_decay)
-        # Training-step settings (train.skip_closed_backward, model.gate_scope), not part of the saved layer.
-        self.skip_closed_backward = True
-        self.scope = "global"
+        self.skip_closed_backward, self.scope = bool(skip_closed_backward), scope  # not saved (see above)
 
     def build(self, input_shape):
         def weight(name, initializer="zeros", dtype="float32"):
@@ -274,6 +276,12 @@ def gates_of(model):
         elif isinstance(layer, keras.Model):
             gates.extend(gates_of(layer))
     return gates
+
+
+def discarded_count(gates):
+    """discarded_cnt, the original's count of closed blocks: the sum of the gates' is_discarded
+    averages, a float32 tensor (0 without gates), in a training step as well as eagerly."""
+    return tf.add_n([tf.convert_to_tensor(g.is_discarded) for g in gates]) if gates else tf.zeros([])
 
 
 @contextlib.contextmanager

@@ -162,13 +162,15 @@ class _Builder:
 
 
 def build_resnet(architecture, num_classes, *, epsilon=0.0, ema_decay=GATE_EMA_DECAY, gate_inference="stored",
-                 pixel_mean=None, pixel_scale=None, name=None, data_format="channels_last", batch_norm_kind="fused"):
+                 gate_scope="global", skip_closed_backward=True, pixel_mean=None, pixel_scale=None, name=None,
+                 data_format="channels_last", batch_norm_kind="fused"):
     """Build the pre-activation ResNet an Architecture describes, for images of its
     image_shape; outputs {"logits"} and, with a side head, {"side_logits"}.
 
     In a gated architecture every block ends in a StrictIdentity gate (threshold `epsilon`,
-    monitoring decay `ema_decay`, inference mode `gate_inference`, see structures.GATE_INFERENCE_MODES) that
-    adds the gated branch to the shortcut; read and set ε
+    monitoring decay `ema_decay`, inference mode `gate_inference`, see structures.GATE_INFERENCE_MODES,
+    and the training-step settings `gate_scope` and `skip_closed_backward`, see
+    gate.StrictIdentity) that adds the gated branch to the shortcut; read and set ε
     with `gate.epsilon_of` / `gate.set_epsilon`. `pixel_mean` and `pixel_scale` (a data
     source's, broadcast to the stem's per-pixel or per-channel constants; None: 0 and 1)
     normalise the raw 0–255 input inside the model.
@@ -185,7 +187,8 @@ def build_resnet(architecture, num_classes, *, epsilon=0.0, ema_decay=GATE_EMA_D
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
 
-    gate = dict(epsilon=epsilon, ema_decay=ema_decay, inference=gate_inference) if architecture.gated else None
+    gate = (dict(epsilon=epsilon, ema_decay=ema_decay, inference=gate_inference, scope=gate_scope,
+                 skip_closed_backward=skip_closed_backward) if architecture.gated else None)
     builder = _Builder(architecture, data_format, gate, batch_norm_kind)
     images = keras.Input(architecture.image_shape, name="images")
     x = builder.stem(images, pixel_mean, pixel_scale)
@@ -202,12 +205,14 @@ def build_resnet(architecture, num_classes, *, epsilon=0.0, ema_decay=GATE_EMA_D
     return model
 
 
-def build_from_config(model_config, source):
+def build_from_config(model_config, source, skip_closed_backward=True):
     """The network a ModelConfig describes for a DataSource (its family's preset, classes, image
-    shape and normalisation), with the gates' initial ε and monitoring decay from the config."""
+    shape and normalisation), with the gates' initial ε, monitoring decay, inference mode and
+    scope from the config; `skip_closed_backward` is train.skip_closed_backward."""
     return build_resnet(architecture_for(model_config, source.family, source.image_shape), source.num_classes,
                         epsilon=model_config.epsilon, ema_decay=model_config.gate_ema_decay,
-                        gate_inference=model_config.gate_inference,
+                        gate_inference=model_config.gate_inference, gate_scope=model_config.gate_scope,
+                        skip_closed_backward=skip_closed_backward,
                         pixel_mean=source.pixel_mean, pixel_scale=source.pixel_scale,
                         data_format=model_config.data_format, batch_norm_kind=model_config.batch_norm)
 

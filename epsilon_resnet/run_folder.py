@@ -29,6 +29,7 @@ import shutil
 
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.errors import CheckpointError, RunError
+from epsilon_resnet.structures import GATE_METRICS, IS_DISCARDED  # noqa: F401 (the metric keys' names)
 
 logger = logging.getLogger("epsilon_resnet")
 
@@ -57,12 +58,8 @@ def compressed_name(step):
 
 
 # ---- metric keys ----------------------------------------------------------------------------
-# Each gate's moving averages (gate.StrictIdentity's weights), under the original's summary
-# names: 1 − gate, max |F| and mean |F|.
-GATE_METRICS = ("is_discarded", "response_abs_max", "response_mean_max")
-IS_DISCARDED = GATE_METRICS[0]
-
-
+# Each gate's moving averages (structures.GATE_METRICS, re-exported here for readers of
+# metrics) are recorded per block.
 def block_metric(block, stat):
     """The metrics key of one gate's moving average (a GATE_METRICS name), e.g. "res2.9/is_discarded"."""
     return f"{block}/{stat}"

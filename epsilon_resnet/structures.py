@@ -21,6 +21,10 @@ BATCH_NORMS = ("fused", "keras")  # TensorFlow's fused kernel (batch_norm.py), o
 # batch as the original's did.
 GATE_EMA_DECAY = 0.95
 GATE_INFERENCE_MODES = ("stored", "per_batch")
+# The statistics each gate averages (its weights besides ε), under the original's summary
+# names: 1 − gate, max |F| and mean |F|. The metrics of a run carry them per block.
+GATE_METRICS = ("is_discarded", "response_abs_max", "response_mean_max")
+IS_DISCARDED = GATE_METRICS[0]
 # Over which images a training step's gate decides (model.gate_scope): the global batch, all
 # replicas together, or each replica's own share, as the original's towers did.
 GATE_SCOPES = ("global", "per_replica")

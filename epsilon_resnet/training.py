@@ -19,16 +19,17 @@ import tensorflow as tf
 
 from epsilon_resnet import callbacks as cbs
 from epsilon_resnet import config as config_lib
-from epsilon_resnet import checkpoints, console, data, distribute, losses, run_folder, runtime, structures
+from epsilon_resnet import checkpoints, console, data, distribute, run_folder, runtime, structures
 from epsilon_resnet.console import logger, setup_logging
 from epsilon_resnet.data import files
 from epsilon_resnet.errors import ConfigError, Interrupted, RunError
 from epsilon_resnet.evaluation import Evaluator
 from epsilon_resnet.gate import gates_of
-from epsilon_resnet.networks import build_from_config, kernels
+from epsilon_resnet.networks import build_from_config
 from epsilon_resnet.optimizers import TF1Momentum
-from epsilon_resnet.schedules import AdaptiveLearningRate, epsilon_at
+from epsilon_resnet.schedules import AdaptiveLearningRate
 from epsilon_resnet.signals import StopRequest
+from epsilon_resnet.train_step import compile_train_step, loss_scaled
 
 
 class TrainingState(tf.train.experimental.PythonState):
@@ -82,20 +83,90 @@ def eval_batch_size(train, replicas):
     return train.eval_batch_size or per_replica_batch(train, replicas)
 
 
-def loss_scaled(train):
-    """Whether the loss is scaled: under float16 only, whose range small gradients fall out of;
-    bfloat16 has float32's range."""
-    return train.precision == "mixed_float16"
-
-
 def build_optimizer(train, learning_rate):
     """TF1's momentum rule (docs/original.md §4), loss-scaled under float16."""
     optimizer = TF1Momentum(learning_rate, momentum=train.momentum, nesterov=train.nesterov)
     return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scaled(train) else optimizer
 
 
+# ---- build -------------------------------------------------------------------------------
+def build_model(config, source, learning_rate):
+    """The run's network, its gates given the training-step settings, and its optimizer, built
+    for the network's variables (so a checkpoint restores its slots); under the strategy's scope."""
+    model = build_from_config(config.model, source, skip_closed_backward=config.train.skip_closed_backward)
+    model.optimizer = build_optimizer(config.train, learning_rate)
+    model.optimizer.build(model.trainable_variables)
+    return model, model.optimizer
+
+
+# ---- data --------------------------------------------------------------------------------
+def steps_per_epoch(train, source):
+    """train.steps_per_epoch, or as many whole batches as the training set holds."""
+    steps = train.steps_per_epoch or source.num_train // train.batch_size
+    if steps < 1:
+        raise RunError(f"{source.num_train} training images are fewer than one batch of {train.batch_size}")
+    return steps
+
+
+def data_seed_variable(train):
+    """The training stream's seed: train.seed, or one drawn when the run starts. Kept in the
+    checkpoint, so a resumed run continues the same stream; a strategy variable, so every
+    worker starts from the chief's value."""
+    seed = train.seed if train.seed is not None else random.SystemRandom().randrange(2 ** 31)
+    return tf.Variable(seed, dtype=tf.int64, trainable=False, name="data_seed")
+
+
+def distributed_stream(strategy, source, global_batch, seed, start_step):
+    """The training stream from global step `start_step` on, split into per-replica batches."""
+    return strategy.distribute_datasets_from_function(
+        lambda ctx: source.train_dataset(global_batch, seed=seed, input_context=ctx, start_step=start_step))
+
+
+# ---- the workers' agreement ----------------------------------------------------------------
+def check_workers_agree(strategy, iterations, run_dir):
+    """Every worker must start from the same step, or their collective ops would never meet."""
+    gather = tf.function(lambda: strategy.run(lambda: tf.distribute.get_replica_context().all_gather(
+        tf.reshape(iterations, [1]), 0)))
+    steps = sorted({int(s) for s in strategy.experimental_local_results(gather())[0].numpy()})
+    if len(steps) > 1:
+        raise RunError(f"the workers start from different global steps {steps}: every worker must read the "
+                       f"chief's run folder {run_dir} (put it on a shared file system)")
+
+
+# ---- callbacks ---------------------------------------------------------------------------
+def run_callbacks(config, model, lr_setter, run_dir, chief, extra=()):
+    """The run's Keras callbacks; only the chief has the writers (metrics, TensorBoard). The
+    gate summary, learning rate and ε join the epoch's logs before the writers see them."""
+    items = [cbs.GateMonitor(), lr_setter]
+    if gates_of(model):
+        items.append(cbs.EpsilonScheduler(config.model.epsilon_schedule, config.model.epsilon))
+    items += [*extra, cbs.EpochLogger()]
+    if chief:
+        items += [cbs.MetricsWriter(os.path.join(run_dir, run_folder.METRICS_FILE)),
+                  keras.callbacks.TensorBoard(run_dir, write_graph=False, update_freq="epoch")]
+    return keras.callbacks.CallbackList(items, model=model)
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+def check_kept_steps(train, run_dir, last_end, steps_per_epoch):
+    """Refuse train.keep_checkpoint_steps this run will not write: a step that is no epoch end
+    after `last_end` (the step of the last epoch end), unless kept/ already holds it."""
+    kept = run_folder.steps_in(os.path.join(run_dir, run_folder.KEPT_FOLDER))
+    refused = sorted(s for s in train.keep_checkpoint_steps
+                     if (s <= last_end or (s - last_end) % steps_per_epoch) and s not in kept)
+    if refused:
+        ends = [last_end + k * steps_per_epoch for k in (1, 2)]
+        raise RunError(f"train.keep_checkpoint_steps {refused} are not checkpoints this run will write: it "
+                       f"writes one at the end of each epoch, every {steps_per_epoch} steps, the next at "
+                       f"global steps {ends[0]}, {ends[1]}, ... (a step already passed is kept only if "
+                       f"{run_folder.KEPT_FOLDER}/ holds it)")
+
+
 class Trainer:
-    """Owns the model, optimizer, checkpoint and compiled steps of one run."""
+    """The loop of one run, over the pieces it assembles: the model and optimizer
+    (`build_model`), the compiled step (`train_step.compile_train_step`), the training stream
+    (`distributed_stream`), the checkpoints (`checkpoints.RunCheckpoints`), the workers'
+    agreement (`check_workers_agree`) and the callbacks (`run_callbacks`)."""
 
     def __init__(self, config, run_dir, source=None, strategy=None):
         self.config, self.run_dir = config, run_dir
@@ -104,69 +175,25 @@ class Trainer:
         self.chief = distribute.is_chief(self.strategy)
         train = config.train
         self.global_batch = global_batch_size(train, self.strategy.num_replicas_in_sync)
-        self.steps_per_epoch = train.steps_per_epoch or self.source.num_train // train.batch_size
-        if self.steps_per_epoch < 1:
-            raise RunError(f"{self.source.num_train} training images are fewer than one batch of {train.batch_size}")
-        self.policy = AdaptiveLearningRate(train.lr_schedule, train.lr_restart_schedule,
-                                           train.lr_restart_threshold, train.lr_restart_last_k)
+        self.steps_per_epoch = steps_per_epoch(train, self.source)
+        policy = AdaptiveLearningRate(train.lr_schedule, train.lr_restart_schedule,
+                                      train.lr_restart_threshold, train.lr_restart_last_k)
         with self.strategy.scope():
-            self.model = build_from_config(config.model, self.source)
-            for gate in gates_of(self.model):
-                gate.skip_closed_backward, gate.scope = train.skip_closed_backward, config.model.gate_scope
-            self.optimizer = self.model.optimizer = build_optimizer(train, self.policy.lr_at(1))
-            self.optimizer.build(self.model.trainable_variables)
-            # The training stream's seed: train.seed, or one drawn when the run starts. Kept in
-            # the checkpoint, so a resumed run continues the same stream; a strategy variable,
-            # so every worker starts from the chief's value.
-            seed = train.seed if train.seed is not None else random.SystemRandom().randrange(2 ** 31)
-            self.data_seed = tf.Variable(seed, dtype=tf.int64, trainable=False, name="data_seed")
+            self.model, self.optimizer = build_model(config, self.source, policy.lr_at(1))
+            self.data_seed = data_seed_variable(train)
         self.state = TrainingState()
         self.checkpoints = checkpoints.RunCheckpoints(run_dir, train, self.chief, model=self.model,
                                                       optimizer=self.optimizer, state=self.state,
                                                       data_seed=self.data_seed)
-        self.lr_setter = cbs.LearningRateSetter(self.policy, self.optimizer)
-        self.train_step = self._compile_train_step()  # (iterator, stop) -> step stats; benchmarks time it
+        self.lr_setter = cbs.LearningRateSetter(policy, self.optimizer)
+        # (iterator, stop) -> the step's statistics; benchmarks time it
+        self.train_step = compile_train_step(self.model, self.optimizer, config, self.strategy, self.global_batch)
         self.evaluate = Evaluator(self.model, jit_compile=train.jit_compile)
 
-    # ---- the training step ---------------------------------------------------------------
-    def _replica_step(self, images, labels, stop):
-        train = self.config.train
-        with tf.GradientTape() as tape:
-            outputs = self.model(images, training=True)
-            loss, stats = losses.classification_losses(outputs, labels, self.global_batch,
-                                                       self.config.model.side_loss_weight)
-            coefficient = losses.weight_decay_coefficient(self.optimizer.iterations, train.weight_decay,
-                                                          train.weight_decay_rate, train.weight_decay_steps)
-            wd_cost = losses.weight_decay_cost(kernels(self.model), coefficient)
-            loss += tf.nn.scale_regularization_loss(wd_cost)
-            scaled = self.optimizer.scale_loss(loss) if loss_scaled(train) else loss
-        variables = self.model.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
-        replicas = self.strategy.num_replicas_in_sync
-        stats.update(cost=loss, wd_cost=wd_cost / replicas, stop_requests=tf.cast(stop, tf.float32))
-        gates = gates_of(self.model)
-        if gates:  # identical on every replica (global, or replica 0's per replica): sum, then divide
-            stats["discarded_cnt"] = tf.add_n([tf.convert_to_tensor(g.is_discarded) for g in gates]) / replicas
-        return stats
-
-    def _compile_train_step(self):
-        # XLA compiles the per-replica step only on one device: under a strategy the gate's
-        # cross-replica all_gather does not compile on CPU replicas (docs/tensorflow.md).
-        jit = self.config.train.jit_compile and self.strategy.num_replicas_in_sync == 1
-        replica_step = tf.function(self._replica_step, jit_compile=True) if jit else self._replica_step
-
-        @tf.function
-        def step(iterator, stop):
-            images, labels = next(iterator)
-            per_replica = self.strategy.run(replica_step, (images, labels, stop))
-            return {k: self.strategy.reduce("SUM", v, axis=None) for k, v in per_replica.items()}
-        return step
-
     def distributed_dataset(self):
-        """The training stream from the current global step on, split into per-replica batches."""
-        start, seed = self.global_step, int(self.data_seed.numpy())
-        return self.strategy.distribute_datasets_from_function(
-            lambda ctx: self.source.train_dataset(self.global_batch, seed=seed, input_context=ctx, start_step=start))
+        """The training stream from the current global step on."""
+        return distributed_stream(self.strategy, self.source, self.global_batch, int(self.data_seed.numpy()),
+                                  self.global_step)
 
     def validation_errors(self, stop=None):
         """Errors and cost over the validation set (its first train.eval_batches batches, if set)."""
@@ -206,27 +233,7 @@ class Trainer:
                 f"{checkpoints.latest_checkpoint(self.run_dir)}; once the problem is fixed, train into "
                 f"the same run folder again to resume")
 
-    def _check_workers_agree(self):
-        """Every worker must start from the same step, or their collective ops would never meet."""
-        gather = tf.function(lambda: self.strategy.run(lambda: tf.distribute.get_replica_context().all_gather(
-            tf.reshape(self.optimizer.iterations, [1]), 0)))
-        steps = sorted({int(s) for s in self.strategy.experimental_local_results(gather())[0].numpy()})
-        if len(steps) > 1:
-            raise RunError(f"the workers start from different global steps {steps}: every worker must read the "
-                           f"chief's run folder {self.run_dir} (put it on a shared file system)")
-
     # ---- the loop ----------------------------------------------------------------------
-    def callbacks(self, extra=()):
-        """The run's Keras callbacks; only the chief has the writers (metrics, TensorBoard)."""
-        items = [cbs.GateMonitor(), self.lr_setter]
-        if gates_of(self.model):
-            items.append(cbs.EpsilonScheduler(self.config.model.epsilon_schedule, self.config.model.epsilon))
-        items += [*extra, cbs.EpochLogger()]
-        if self.chief:
-            items += [cbs.MetricsWriter(os.path.join(self.run_dir, run_folder.METRICS_FILE)),
-                      keras.callbacks.TensorBoard(self.run_dir, write_graph=False, update_freq="epoch")]
-        return keras.callbacks.CallbackList(items, model=self.model)
-
     def fit(self, progress=True, extra_callbacks=()):
         """Train from the current state to max_epoch, evaluating and checkpointing each epoch.
 
@@ -234,17 +241,16 @@ class Trainer:
         step reached and raises Interrupted; a non-finite loss raises RunError and saves nothing.
         """
         if self.strategy.cluster_resolver is not None:
-            self._check_workers_agree()
-        callbacks = self.callbacks(extra_callbacks)
+            check_workers_agree(self.strategy, self.optimizer.iterations, self.run_dir)
+        callbacks = run_callbacks(self.config, self.model, self.lr_setter, self.run_dir, self.chief, extra_callbacks)
         iterator = iter(self.distributed_dataset())
         self._log_start()
         callbacks.on_train_begin()
         with StopRequest() as stop:
             for epoch in range(self.state.values["epoch"] + 1, self.config.train.max_epoch + 1):
                 callbacks.on_epoch_begin(epoch)
-                logs = self._epoch_start_logs(epoch)
                 self._train_epoch(epoch, iterator, callbacks, stop, progress)
-                self._end_epoch(epoch, logs, callbacks, stop)
+                self._end_epoch(epoch, callbacks, stop)
         callbacks.on_train_end()
         return self.model
 
@@ -257,15 +263,7 @@ class Trainer:
         elif load:
             self.load_variables(load)
         last_end = self.global_step - self.state.values["step_in_epoch"]
-        kept = run_folder.steps_in(os.path.join(self.run_dir, run_folder.KEPT_FOLDER))
-        refused = sorted(s for s in self.config.train.keep_checkpoint_steps
-                         if (s <= last_end or (s - last_end) % self.steps_per_epoch) and s not in kept)
-        if refused:
-            ends = [last_end + k * self.steps_per_epoch for k in (1, 2)]
-            raise RunError(f"train.keep_checkpoint_steps {refused} are not checkpoints this run will write: it "
-                           f"writes one at the end of each epoch, every {self.steps_per_epoch} steps, the next at "
-                           f"global steps {ends[0]}, {ends[1]}, ... (a step already passed is kept only if "
-                           f"{run_folder.KEPT_FOLDER}/ holds it)")
+        check_kept_steps(self.config.train, self.run_dir, last_end, self.steps_per_epoch)
 
     def position(self):
         """Where the run stands, in the log's words: "step 2 of epoch 3" or "the end of epoch 2"."""
@@ -290,13 +288,6 @@ class Trainer:
                     self.config.train.max_epoch, self.steps_per_epoch, self.global_step,
                     f" (step {state['step_in_epoch']} of epoch {state['epoch'] + 1})" if state["step_in_epoch"] else "")
 
-    def _epoch_start_logs(self, epoch):
-        """The values in force during this epoch: learning rate and (gated) the scheduled ε."""
-        logs = {"learning_rate": float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))}
-        if gates_of(self.model):
-            logs["epsilon"] = epsilon_at(self.config.model.epsilon_schedule, epoch, self.config.model.epsilon)
-        return logs
-
     def _train_epoch(self, epoch, iterator, callbacks, stop, progress):
         """The epoch's remaining training steps; their metric sums go into the run state."""
         state = self.state.values
@@ -320,13 +311,14 @@ class Trainer:
                 bar.end_line()
                 raise self._stop(stop.signal or "another worker", f"step {step + 1} of epoch {epoch}")
 
-    def _end_epoch(self, epoch, logs, callbacks, stop):
-        """Evaluate, hand the epoch's logs to the callbacks, checkpoint."""
+    def _end_epoch(self, epoch, callbacks, stop):
+        """Evaluate, hand the epoch's logs to the callbacks (which add the gate summary, learning
+        rate and ε), checkpoint."""
         # Evaluation is not collective, so only a lone process may cut it short: a worker of a
         # cluster acts on a signal at the next training step, with the others.
         alone = self.strategy.cluster_resolver is None
         try:
-            logs.update(self.validation_errors(stop=stop if alone else None))
+            logs = self.validation_errors(stop=stop if alone else None)
         except Interrupted:
             raise self._stop(stop.signal, f"the evaluation after epoch {epoch}") from None
         state = self.state.values
