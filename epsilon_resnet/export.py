@@ -1,10 +1,10 @@
 """A network as a TensorFlow SavedModel whose serve(images) returns the logits."""
 import os
 import shutil
-import tempfile
 
 import keras
 
+from epsilon_resnet import checkpoints, run_folder
 from epsilon_resnet.errors import RunError
 
 
@@ -23,9 +23,11 @@ def export_saved_model(model, export_dir):
     check_export_dir(export_dir)
     export_dir = os.path.abspath(export_dir)
     os.makedirs(os.path.dirname(export_dir), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=os.path.dirname(export_dir))
+    tmp = run_folder.temporary_path(export_dir)
+    os.mkdir(tmp)
     try:
-        keras.Model(model.input, model.output["logits"], name=model.name).export(tmp, verbose=False)
+        with checkpoints.file_errors_as_os_errors(tmp):
+            keras.Model(model.input, model.output["logits"], name=model.name).export(tmp, verbose=False)
         os.replace(tmp, export_dir)  # also replaces an empty folder
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

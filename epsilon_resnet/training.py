@@ -197,7 +197,7 @@ class Trainer:
         full = getattr(err, "errno", None) == errno.ENOSPC or "no space left" in str(err).lower()
         return (f"writing to {self.run_dir} failed at global step {self.global_step}"
                 f"{' because the disk is full' if full else ''}: {err}. The last complete checkpoint is "
-                f"{checkpoints.latest_checkpoint(self.run_dir)}; once the problem is fixed, train into "
+                f"{checkpoints.newest(self.run_dir)}; once the problem is fixed, train into "
                 f"the same run folder again to resume")
 
     def _check_workers_agree(self):
@@ -275,7 +275,7 @@ class Trainer:
             if not math.isfinite(values["cost"]):
                 raise RunError(f"the loss became {values['cost']} at global step {self.global_step} (step {step + 1} "
                                f"of epoch {epoch}); nothing was saved after it: the last good checkpoint is "
-                               f"{checkpoints.latest_checkpoint(self.run_dir)}")
+                               f"{checkpoints.newest(self.run_dir)}")
             for key, value in values.items():
                 state["sums"][key] = state["sums"].get(key, 0.0) + value
             state["step_in_epoch"] = step + 1
@@ -315,21 +315,22 @@ class Trainer:
 
 
 def _start_point(run_dir, load, resume):
-    """The checkpoint a run starts from: its own latest (resume), `load`'s (a new run), or None."""
+    """(the checkpoint a run starts from: its own newest complete one (resume), `load`'s (a new
+    run), or None; a note when the run folder's `checkpoint` file disagrees with its files)."""
     if load:
         run_folder.check_checkpoint(load)
-    latest = checkpoints.latest_checkpoint(run_dir)
+    latest, note = checkpoints.find_latest(run_dir)
     if resume and load:
         raise RunError("`resume` continues the run folder's own latest checkpoint; `load` starts a new run from "
                        "another one: give only one of them")
     if resume and not latest:
-        raise RunError(f"`resume`: {run_dir} " + ("has no checkpoint to resume from (its 'checkpoint' file names "
-                                                  "none)" if os.path.isdir(run_dir) else "does not exist")
+        raise RunError(f"`resume`: {run_dir} " + ("has no checkpoint to resume from (no complete model-<step>)"
+                                                  if os.path.isdir(run_dir) else "does not exist")
                        + "; check the `run_dir`, or drop `resume` to start a new run")
     if latest and load:
         raise RunError(f"{run_dir} already has checkpoints (latest {latest}); it resumes by itself. "
                        f"Drop `load`, or choose another `run_dir` to start from {load}")
-    return latest
+    return latest, note
 
 
 def train_and_evaluate(config, run_dir, load=None, resume=False, strategy=None, progress=True, extra_callbacks=()):
@@ -347,9 +348,11 @@ def train_and_evaluate(config, run_dir, load=None, resume=False, strategy=None, 
     chief = distribute.is_chief(strategy)
     with run_folder.locked(run_dir, "training") if chief else contextlib.nullcontext():
         # Again under the lock: a run that held the folder until now may have saved since.
-        latest = _start_point(run_dir, load, resume)
+        latest, note = _start_point(run_dir, load, resume)
         run_folder.prepare(run_dir, config, write=chief)
         setup_logging(run_dir if chief else None)
+        if note:
+            logger.warning("%s", note)
         runtime.configure(config.train)
         trainer = Trainer(config, run_dir, source=source, strategy=strategy)
         if latest:

@@ -61,7 +61,7 @@ def gate_blocks(records):
 
 def save_png(fig, path):
     """Write the figure to a temporary file beside `path`, then rename it: readers never see half a PNG."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = run_folder.temporary_path(path)
     try:
         fig.savefig(tmp, format="png", dpi=DPI)
         os.replace(tmp, path)
