@@ -71,11 +71,12 @@ def damage(path):
         reader = tf.train.load_checkpoint(path)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
-    except tf.errors.NotFoundError as err:
-        return f"{str(err).split(';')[0]} is missing"
     except IndexError:  # TensorFlow's "Read less bytes than requested"
         return "a .data file is cut short"
     except (tf.errors.OpError, ValueError) as err:
+        file, _, reason = str(err).partition("; ")
+        if reason.startswith("No such file or directory"):
+            return f"{file} is missing"
         return f"{path}.index or its .data files do not read back ({brief(err)})"
     return None
 

@@ -106,6 +106,10 @@ def loads(raw, path):
     size = size_key(raw["dataset"])
     if not _is_int(raw.get(size)):
         raise CompressionError(f"{path}: a {raw['dataset']} network needs an integer {size!r}, got {raw.get(size)!r}")
+    if raw["num_classes"] < 1 or len(raw["image_shape"]) != 3 or not all(
+            _is_int(side) and side >= 1 for side in raw["image_shape"]):
+        raise CompressionError(f"{path}: expected num_classes >= 1 and image_shape [height, width, channels] of "
+                               f"whole numbers >= 1, got {raw['num_classes']!r} and {raw['image_shape']!r}")
     eval_batch_size = raw.get("eval_batch_size", 128)
     if not _is_int(eval_batch_size) or eval_batch_size < 1:
         raise CompressionError(f"{path}: eval_batch_size must be a whole number >= 1, got {eval_batch_size!r}")

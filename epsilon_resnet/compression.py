@@ -221,10 +221,10 @@ def compress_run(directory, step, check_batches=None, data_dir=None, source=None
 
 def _compress(run_dir, step, check_batches, data_dir, source, stop):
     """(CompressedSpec, compressed network) of a run's checkpoint at `step`, checked."""
+    record = record_at_step(run_folder.read_metrics(run_dir), step)
     config, source, gated, checkpoint = load_gated(run_dir, step, data_dir, source)
     # Compression runs on one device: a null eval batch is the run's training batch on one GPU.
     config = config_lib.replace(config, **{"train.eval_batch_size": eval_batch_size(config.train, 1)})
-    record = record_at_step(run_folder.read_metrics(run_dir), step)
     discarded, flickering = decide_at_inference(gated)
     check_data = source.eval_dataset(config.train.eval_batch_size)
     if check_batches is not None:

@@ -29,7 +29,7 @@ import secrets
 import shutil
 
 from epsilon_resnet import config as config_lib
-from epsilon_resnet.errors import CheckpointError, RunError
+from epsilon_resnet.errors import CheckpointError, FileError, RunError
 
 logger = logging.getLogger("epsilon_resnet")
 
@@ -234,14 +234,20 @@ def read_metrics(run_dir):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a train_log.<output> folder of this project?")
     records = {}
-    with open(path) as f:
-        lines = f.read().split("\n")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as err:
+        raise FileError(f"{path} is not UTF-8 text (byte {err.start}); expected one JSON record per line") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         record = _record(path, number, line, last=number == len(lines))
-        if record is not None:
-            records[record["epoch"]] = record
+        if record is None:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise FileError(f"{path}:{number} is not a record with an \"epoch\" (as training writes them)")
+        records[record["epoch"]] = record
     return [records[e] for e in sorted(records)]
 
 
@@ -261,8 +267,8 @@ def _record(path, number, line, last):
     except json.JSONDecodeError:
         record = None
     if record is None:
-        raise ValueError(f"{path}:{number} is not valid JSON (expected one record per line, as training "
-                         f"writes them)") from None
+        raise FileError(f"{path}:{number} is not valid JSON (expected one record per line, as training "
+                        f"writes them)") from None
     logger.warning("%s:%d begins with a cut record (a write was interrupted); kept the epoch %s record that "
                    "follows it on that line", path, number, record.get("epoch"))
     return record
