@@ -71,13 +71,9 @@ def damage(path):
         reader = tf.train.load_checkpoint(path)
         for name in reader.get_variable_to_shape_map():
             reader.get_tensor(name)
-    except IndexError:  # TensorFlow's "Read less bytes than requested"
-        return "a .data file is cut short"
-    except (tf.errors.OpError, ValueError) as err:
+    except (IndexError, tf.errors.OpError, ValueError) as err:  # IndexError: a cut .data file
         file, _, reason = str(err).partition("; ")
-        if reason.startswith("No such file or directory"):
-            return f"{file} is missing"
-        return f"{path}.index or its .data files do not read back ({brief(err)})"
+        return f"{file} is missing" if reason.startswith("No such file or directory") else brief(err)
     return None
 
 
@@ -151,8 +147,8 @@ def restore_model(model, path, exact):
         raise CheckpointError(f"no checkpoint {path!r}: the file {path}.index does not exist")
     why = damage(path)
     if why:
-        raise CheckpointError(f"the checkpoint {path} cannot be read: {why}; expected {path}.index and its "
-                              f".data-* files complete, as they were written")
+        raise CheckpointError(f"the checkpoint files of {path} are damaged ({why}): expected {path}.index and its "
+                              f".data-* files complete, as they were written; use another step's checkpoint")
     try:
         status = tf.train.Checkpoint(model=model).read(path)
         if exact:
@@ -160,10 +156,6 @@ def restore_model(model, path, exact):
         else:
             status.expect_partial()
             status.assert_existing_objects_matched()
-    except (IndexError, tf.errors.DataLossError) as err:  # a cut .data file, a checksum that does not match
-        raise CheckpointError(f"the checkpoint files of {path} are damaged ({brief(err)}): expected {path}.index "
-                              f"and its .data-* files complete, as they were written; use another step's "
-                              f"checkpoint") from None
     except (AssertionError, ValueError, tf.errors.OpError) as err:
         raise WeightsDoNotFit(f"the weights in {path} do not fit the network {model.name!r}: "
                               f"{brief(err, [v.path for v in model.weights])}") from None
@@ -196,6 +188,10 @@ def load_network(config, checkpoint, data_dir=None, source=None):
     return source, model
 
 
+def _step(name):
+    return int(name.rsplit("-", 1)[1])
+
+
 class RunCheckpoints:
     """A run's checkpoint policy: model-<step> at every save, the last train.keep_checkpoints
     of them and one every train.keep_checkpoint_every_minutes (tf.train.CheckpointManager's
@@ -217,6 +213,10 @@ class RunCheckpoints:
         times = list(hint.all_model_checkpoint_timestamps) if hint else []
         times += [time.time()] * (len(names) - len(times))
         self.recent = [(name, when) for name, when in zip(names, times) if name in existing]
+        if hint:  # saved after the file's last update (its write failed): recent too
+            newest_listed = max((_step(name) for name in names), default=-1)
+            self.recent += [(name, os.path.getmtime(os.path.join(run_dir, name + ".index")))
+                            for name in sorted(existing, key=_step) if _step(name) > newest_listed]
         self.last_preserved = hint.last_preserved_timestamp if hint else time.time()
         self.restored = None
 
@@ -233,8 +233,9 @@ class RunCheckpoints:
             return os.path.join(self.run_dir, name) if self.chief else None
         folder = self.run_dir if self.chief else tempfile.mkdtemp(prefix="epsilon_resnet-worker-")
         try:
-            if step in self.kept_steps:
-                write_checkpoint(self.checkpoint, os.path.join(folder, run_folder.KEPT_FOLDER), name)
+            kept = os.path.join(folder, run_folder.KEPT_FOLDER)
+            if step in self.kept_steps and not os.path.lexists(os.path.join(kept, name + ".index")):
+                write_checkpoint(self.checkpoint, kept, name)  # (it exists when a save of this step failed after it)
             path = write_checkpoint(self.checkpoint, folder, name)
         finally:
             if not self.chief:
@@ -242,13 +243,12 @@ class RunCheckpoints:
         if not self.chief:
             return None
         self.recent.append((name, time.time()))
-        rotated = self._rotate()
-        self._write_hint(name)
-        for gone in rotated:  # the .index first: an interruption leaves no index without its data
+        for gone in self._rotate():  # .data first: an index left by an interruption keeps it listed
             prefix = os.path.join(self.run_dir, gone)
-            for file in [prefix + ".index", *glob.glob(glob.escape(prefix) + ".data-*")]:
+            for file in [*glob.glob(glob.escape(prefix) + ".data-*"), prefix + ".index"]:
                 if os.path.isfile(file):
                     os.remove(file)
+        self._write_hint(name)
         return path
 
     def _rotate(self):

@@ -188,8 +188,15 @@ class Trainer:
         """Checkpoint the current state as model-<global step> (`checkpoints.RunCheckpoints`);
         returns its path (None off the chief)."""
         self.state.values["lr"] = self.lr_setter.state()
-        try:
+        with self._writing():
             return self.checkpoints.save(self.global_step)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A failed write into the run folder (checkpoint, metrics.jsonl, TensorBoard events) as
+        RunError: it names the step, the reason and the checkpoint to resume from."""
+        try:
+            yield
         except (OSError, tf.errors.OpError) as err:
             raise RunError(self._write_failure(err)) from None
 
@@ -233,14 +240,16 @@ class Trainer:
         callbacks = self.callbacks(extra_callbacks)
         iterator = iter(self.distributed_dataset())
         self._log_start()
-        callbacks.on_train_begin()
+        with self._writing():
+            callbacks.on_train_begin()
         with StopRequest() as stop:
             for epoch in range(self.state.values["epoch"] + 1, self.config.train.max_epoch + 1):
                 callbacks.on_epoch_begin(epoch)
                 logs = self._epoch_start_logs(epoch)
                 self._train_epoch(epoch, iterator, callbacks, stop, progress)
                 self._end_epoch(epoch, logs, callbacks, stop)
-        callbacks.on_train_end()
+        with self._writing():
+            callbacks.on_train_end()
         return self.model
 
     def _check_kept_steps(self):
@@ -298,10 +307,8 @@ class Trainer:
         state = self.state.values
         logs.update({key: value / self.steps_per_epoch for key, value in state["sums"].items()})
         logs["global_step"] = self.global_step
-        try:
+        with self._writing():  # metrics.jsonl, the TensorBoard events
             callbacks.on_epoch_end(epoch, logs)
-        except (OSError, tf.errors.OpError) as err:  # metrics.jsonl or the TensorBoard events
-            raise RunError(self._write_failure(err)) from None
         state.update(epoch=epoch, step_in_epoch=0, sums={})
         path = self.save()
         if path:

@@ -83,7 +83,7 @@ def test_a_damaged_newest_checkpoint_stops_the_resume_with_one_line(trained, tmp
     before = snapshot(run_dir)
     assert train("--config", trained[1], "-o", "cut", "--max-epoch", 3) == 1
     assert capsys.readouterr().err == (
-        "error: damaged checkpoint train_log.cut/model-6 (a .data file is cut short); the newest complete checkpoint "
+        "error: damaged checkpoint train_log.cut/model-6 (Read less bytes than requested); the newest complete checkpoint "
         "is train_log.cut/model-3. A checkpoint is never overwritten: move the damaged one's files out of "
         "train_log.cut to resume from train_log.cut/model-3\n")
     assert snapshot(run_dir) == before
@@ -156,9 +156,9 @@ def test_a_missing_weights_file_of_a_compressed_network_is_named_missing(compres
     os.remove(folder / "compressed_model_6.data-00000-of-00001")
     assert evaluate("--cfg", folder / "compressed_model_6.cfg") == 1
     assert capsys.readouterr().err == (
-        f"error: the checkpoint {folder}/compressed_model_6 cannot be read: {folder}/compressed_model_6.data-00000-"
-        f"of-00001 is missing; expected {folder}/compressed_model_6.index and its .data-* files complete, as they "
-        f"were written\n")
+        f"error: the checkpoint files of {folder}/compressed_model_6 are damaged ({folder}/compressed_model_6.data-"
+        f"00000-of-00001 is missing): expected {folder}/compressed_model_6.index and its .data-* files complete, as "
+        f"they were written; use another step's checkpoint\n")
 
 
 def test_plot_runs_out_naming_a_file_is_one_line(trained, tmp_path, capsys):
