@@ -10,6 +10,7 @@ and the recent ones the rotation may delete, and it is written after each checkp
 import contextlib
 import errno
 import glob
+import json
 import os
 import re
 import shutil
@@ -188,36 +189,38 @@ def load_network(config, checkpoint, data_dir=None, source=None):
     return source, model
 
 
-def _step(name):
-    return int(name.rsplit("-", 1)[1])
+class Rotation(tf.train.experimental.PythonState):
+    """The rotation's state, saved inside each checkpoint (so the files, not the `checkpoint`
+    hint, carry it): the recent checkpoints [name, time] after this save, the time of the last
+    one kept for its interval, and the checkpoints this save rotated out (`gone`), which a run
+    resumed from it deletes if an interruption left them."""
+
+    def __init__(self):
+        self.values = {"recent": [], "last_preserved": time.time(), "gone": []}
+
+    def serialize(self):
+        return json.dumps(self.values)
+
+    def deserialize(self, string_value):
+        self.values = json.loads(string_value)
 
 
 class RunCheckpoints:
     """A run's checkpoint policy: model-<step> at every save, the last train.keep_checkpoints
     of them and one every train.keep_checkpoint_every_minutes (tf.train.CheckpointManager's
-    rule, state kept in the `checkpoint` file as it does); kept/model-<step> for good for the
-    steps of train.keep_checkpoint_steps; and on a worker other than the chief the same saves
-    (they may hold collective ops) into a temporary folder deleted at once.
+    rule); kept/model-<step> for good for the steps of train.keep_checkpoint_steps; and on a
+    worker other than the chief the same saves (they may hold collective ops) into a temporary
+    folder deleted at once.
 
-    Rotation deletes only checkpoints the `checkpoint` file lists as recent: with that file
-    lost, the checkpoints before it are left in place.
+    Rotation deletes only the checkpoints that a checkpoint of this run lists as recent
+    (`Rotation`); the `checkpoint` file is written after each save for TensorFlow's tools.
     """
 
     def __init__(self, run_dir, train, chief, **objects):
         self.run_dir, self.chief, self.kept_steps = run_dir, chief, set(train.keep_checkpoint_steps)
         self.keep, self.interval = train.keep_checkpoints, train.keep_checkpoint_every_minutes * 60
-        self.checkpoint = tf.train.Checkpoint(**objects)
-        hint = read_hint(run_dir)[0] if chief else None
-        existing = {f"{run_folder.CHECKPOINT_NAME}-{step}" for step in run_folder.steps_in(run_dir)}
-        names = [os.path.basename(p) for p in hint.all_model_checkpoint_paths] if hint else []
-        times = list(hint.all_model_checkpoint_timestamps) if hint else []
-        times += [time.time()] * (len(names) - len(times))
-        self.recent = [(name, when) for name, when in zip(names, times) if name in existing]
-        if hint:  # saved after the file's last update (its write failed): recent too
-            newest_listed = max((_step(name) for name in names), default=-1)
-            self.recent += [(name, os.path.getmtime(os.path.join(run_dir, name + ".index")))
-                            for name in sorted(existing, key=_step) if _step(name) > newest_listed]
-        self.last_preserved = hint.last_preserved_timestamp if hint else time.time()
+        self.rotation = Rotation()
+        self.checkpoint = tf.train.Checkpoint(**objects, rotation=self.rotation)
         self.restored = None
 
     def save(self, step):
@@ -231,49 +234,64 @@ class RunCheckpoints:
         name = f"{run_folder.CHECKPOINT_NAME}-{step}"
         if name == self.restored:
             return os.path.join(self.run_dir, name) if self.chief else None
+        before = self.rotation.values
+        self.rotation.values = self._rotate(name)
         folder = self.run_dir if self.chief else tempfile.mkdtemp(prefix="epsilon_resnet-worker-")
         try:
             kept = os.path.join(folder, run_folder.KEPT_FOLDER)
             if step in self.kept_steps and not os.path.lexists(os.path.join(kept, name + ".index")):
                 write_checkpoint(self.checkpoint, kept, name)  # (it exists when a save of this step failed after it)
             path = write_checkpoint(self.checkpoint, folder, name)
+        except BaseException:
+            self.rotation.values = before
+            raise
         finally:
             if not self.chief:
                 shutil.rmtree(folder, ignore_errors=True)
         if not self.chief:
             return None
-        self.recent.append((name, time.time()))
-        for gone in self._rotate():  # .data first: an index left by an interruption keeps it listed
-            prefix = os.path.join(self.run_dir, gone)
-            for file in [*glob.glob(glob.escape(prefix) + ".data-*"), prefix + ".index"]:
-                if os.path.isfile(file):
-                    os.remove(file)
+        self._delete_gone()
         self._write_hint(name)
         return path
 
-    def _rotate(self):
-        """The recent checkpoints beyond the last `keep` that no interval keeps: those to delete."""
-        gone = []
-        while len(self.recent) > self.keep:
-            name, when = self.recent.pop(0)
-            if when - self.interval >= self.last_preserved:
-                self.last_preserved = when
+    def _rotate(self, name):
+        """The rotation's state once `name` is saved: the recent checkpoints beyond the last
+        `keep` that no interval keeps are gone."""
+        recent, last_preserved, gone = [*self.rotation.values["recent"], [name, time.time()]], \
+            self.rotation.values["last_preserved"], []
+        while len(recent) > self.keep:
+            old, when = recent.pop(0)
+            if when - self.interval >= last_preserved:
+                last_preserved = when
             else:
-                gone.append(name)
-        return gone
+                gone.append(old)
+        return {"recent": recent, "last_preserved": last_preserved, "gone": gone}
+
+    def _delete_gone(self):
+        """Delete the checkpoints the last save rotated out, .data first (an .index left by an
+        interruption is a damaged checkpoint older than the one that names it gone)."""
+        for gone in self.rotation.values["gone"]:
+            prefix = os.path.join(self.run_dir, gone)
+            for file in [*glob.glob(glob.escape(prefix) + ".data-*"), prefix + ".index"]:
+                if os.path.isfile(file) and not os.path.islink(file):
+                    os.remove(file)
 
     def _write_hint(self, latest):
+        recent = self.rotation.values["recent"]
         state = tf.compat.v1.train.generate_checkpoint_state_proto(  # paths written relative to run_dir
-            self.run_dir, os.path.join(self.run_dir, latest), [os.path.join(self.run_dir, name) for name, _ in self.recent],
-            [when for _, when in self.recent], self.last_preserved)
+            self.run_dir, os.path.join(self.run_dir, latest), [os.path.join(self.run_dir, n) for n, _ in recent],
+            [when for _, when in recent], self.rotation.values["last_preserved"])
         run_folder.replace_file(os.path.join(self.run_dir, run_folder.CHECKPOINT_HINT),
                                 text_format.MessageToString(state).encode())
 
     def restore(self, path):
-        """Every object from a full checkpoint of this run."""
+        """Every object from a full checkpoint of this run; then what its save rotated out and
+        an interruption left is deleted."""
         run_folder.check_checkpoint(path)
         try:
             self.checkpoint.restore(path).expect_partial()
         except (tf.errors.OpError, ValueError, IndexError) as err:
             raise CheckpointError(f"cannot load checkpoint {path!r}: {brief(err)}") from None
         self.restored = os.path.basename(path)
+        if self.chief:
+            self._delete_gone()

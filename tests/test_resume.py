@@ -57,11 +57,12 @@ class SignalAt(keras.callbacks.Callback):
 
 
 def checkpoint_values(path):
-    """Every tensor of a checkpoint (weights, optimizer slots, step, data seed, training state) but save_counter."""
+    """Every tensor of a checkpoint (weights, optimizer slots, step, data seed, training state) but save_counter
+    and the rotation's state (the times of the saves)."""
     reader = tf.train.load_checkpoint(path)
     values = {}
     for key in reader.get_variable_to_shape_map():
-        if key.startswith("save_counter") or key == "_CHECKPOINTABLE_OBJECT_GRAPH":
+        if key.startswith(("save_counter", "rotation/")) or key == "_CHECKPOINTABLE_OBJECT_GRAPH":
             continue
         value = reader.get_tensor(key)
         values[key] = json.loads(value) if isinstance(value, bytes) else value

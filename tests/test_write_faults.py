@@ -145,12 +145,13 @@ def files(folder):
 
 
 def checkpoint_values(run_dir):
-    """{step: {key: value}} of the complete checkpoints (save_counter aside: it counts attempts)."""
+    """{step: {key: value}} of the complete checkpoints (save_counter, which counts attempts, and
+    the rotation's state, which holds the times of the saves, aside)."""
     values = {}
     for step in run_folder.steps_in(run_dir):
         reader = tf.train.load_checkpoint(os.path.join(run_dir, f"model-{step}"))
         values[step] = {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-                        if not key.startswith("save_counter")}
+                        if not key.startswith(("save_counter", "rotation/"))}
     return values
 
 
@@ -158,6 +159,12 @@ def assert_same_values(got, expected):
     assert set(got) == set(expected)
     for key in expected:
         np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+
+
+def incomplete_checkpoints(stopped):
+    """.data files without their .index: the rest of an interrupted checkpoint write, which the
+    next save of that step replaces by design."""
+    return [name for name in stopped if ".data-" in name and name.split(".data-")[0] + ".index" not in stopped]
 
 
 def is_temporary(relative):
@@ -185,43 +192,62 @@ def faults(k):
     return ("kill", "ENOSPC" if k % 2 else "EIO")
 
 
+RUN = "train_log.r"
+
+
+def stop_at_every_write(names, fresh_folder, command, dead, check):
+    """For each counted write k and each fault: in a fresh folder (made the current folder), run
+    `command` stopped at its k-th write, then again; `check(run folder, its files after the
+    stop, where)` the outcome."""
+    for k in range(1, len(names) + 1):
+        for fault in faults(k):
+            where = f"write {k} of {len(names)} ({names[k - 1]}), {fault}"
+            folder = fresh_folder(f"{k}-{fault}")
+            code = run_with(WritePoints(folder, k, fault), command, dead)
+            assert code == ("killed" if fault == "kill" else 1), where
+            stopped = files(folder / RUN)
+            assert command() == 0, where
+            check(folder / RUN, stopped, where)
+            shutil.rmtree(folder)
+
+
+def count_writes(folder, command, dead, kinds):
+    """The names of the writes an uninterrupted `command` makes in `folder`, which must include `kinds`."""
+    counted = WritePoints(folder)
+    assert run_with(counted, command, dead) == 0
+    for kind in kinds:
+        assert any(name.startswith(kind) for name in counted.names), (kind, counted.names)
+    return counted.names
+
+
 def test_a_training_stopped_at_any_write_resumes_to_the_uninterrupted_run(tmp_path, monkeypatch, tiny_cifar):
     # keep_checkpoints 1: saving model-6 rotates model-3 out, so deletions are write points too.
     config = write_tiny_config(str(tmp_path), tiny_cifar, deterministic=True, keep_checkpoints=1,
                                keep_checkpoint_every_minutes=1e6)
     dead = ended_pid()
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    monkeypatch.chdir(reference)
-    counted = WritePoints(reference)
-    assert run_with(counted, lambda: train("--config", config, "-o", "r"), dead) == 0
-    expected_checkpoints = checkpoint_values("train_log.r")
-    expected_records = run_folder.read_metrics("train_log.r")
-    assert sorted(expected_checkpoints) == [6] and [r["epoch"] for r in expected_records] == [1, 2]
-    names = counted.names
-    for kind in ("open .config.yaml", "replace config.yaml", "checkpoint write", "replace model-3.data",
-                 "replace model-3.index", "replace checkpoint", "open metrics.jsonl", "events on_epoch_end",
-                 "remove model-3.index", "log.log line"):
-        assert any(name.startswith(kind) for name in names), (kind, names)
 
-    for k in range(1, len(names) + 1):
-        for fault in faults(k):
-            where = f"write {k} of {len(names)} ({names[k - 1]}), {fault}"
-            folder = tmp_path / f"{k}-{fault}"
-            folder.mkdir()
-            monkeypatch.chdir(folder)
-            code = run_with(WritePoints(folder, k, fault), lambda: train("--config", config, "-o", "r"), dead)
-            assert code == ("killed" if fault == "kill" else 1), where
-            stopped = files(folder / "train_log.r")
-            assert train("--config", config, "-o", "r") == 0, where
-            assert sorted(checkpoint_values("train_log.r")) == [6], where
-            assert_same_values(checkpoint_values("train_log.r")[6], expected_checkpoints[6])
-            assert run_folder.read_metrics("train_log.r") == expected_records, where
-            with open("train_log.r/metrics.jsonl") as f:
-                assert [json.loads(line)["epoch"] for line in f] == [1, 2], where
-            rotated = [name for name in stopped if name.startswith("model-3.")]
-            assert_nothing_else_touched(stopped, files(folder / "train_log.r"), rotated)
-            shutil.rmtree(folder)
+    def fresh_folder(name):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        return tmp_path / name
+    command = functools.partial(train, "--config", config, "-o", RUN.split(".", 1)[1])
+    names = count_writes(fresh_folder("reference"), command, dead, (
+        "open .config.yaml", "replace config.yaml", "checkpoint write", "replace model-3.data",
+        "replace model-3.index", "replace checkpoint", "open metrics.jsonl", "events on_epoch_end",
+        "remove model-3.index", "log.log line"))
+    expected_checkpoints, expected_records = checkpoint_values(RUN), run_folder.read_metrics(RUN)
+    assert sorted(expected_checkpoints) == [6] and [r["epoch"] for r in expected_records] == [1, 2]
+
+    def check(run_dir, stopped, where):
+        got = checkpoint_values(run_dir)
+        assert sorted(got) == [6], where
+        assert_same_values(got[6], expected_checkpoints[6])
+        assert run_folder.read_metrics(run_dir) == expected_records, where
+        with open(run_dir / run_folder.METRICS_FILE) as f:
+            assert [json.loads(line)["epoch"] for line in f] == [1, 2], where
+        rotated = [name for name in stopped if name.startswith("model-3.")]  # as in the uninterrupted run
+        assert_nothing_else_touched(stopped, files(run_dir), rotated + incomplete_checkpoints(stopped))
+    stop_at_every_write(names, fresh_folder, command, dead, check)
 
 
 def test_a_compression_stopped_at_any_write_compresses_again_to_the_uninterrupted_result(
@@ -230,32 +256,26 @@ def test_a_compression_stopped_at_any_write_compresses_again_to_the_uninterrupte
     monkeypatch.chdir(tmp_path)
     assert train("--config", config, "-o", "base") == 0
     dead = ended_pid()
-    command = ("--step", 3, "--check-batches", 1)
-    shutil.copytree(tmp_path / "train_log.base", tmp_path / "reference")
-    counted = WritePoints(tmp_path / "reference")
-    assert run_with(counted, lambda: compress("--dir", tmp_path / "reference", *command), dead) == 0
-    expected_cfg = (tmp_path / "reference" / "compressed_model_3.cfg").read_text()
-    reader = tf.train.load_checkpoint(str(tmp_path / "reference" / "compressed_model_3"))
-    expected = {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()}
-    names = counted.names
-    for kind in ("checkpoint write", "replace compressed_model_3.data", "replace compressed_model_3.index",
-                 "open .compressed_model_3.cfg", "replace compressed_model_3.cfg"):
-        assert any(name.startswith(kind) for name in names), (kind, names)
 
-    for k in range(1, len(names) + 1):
-        for fault in faults(k):
-            where = f"write {k} of {len(names)} ({names[k - 1]}), {fault}"
-            run_dir = tmp_path / f"{k}-{fault}"
-            shutil.copytree(tmp_path / "train_log.base", run_dir)
-            code = run_with(WritePoints(run_dir, k, fault), lambda: compress("--dir", run_dir, *command), dead)
-            assert code == ("killed" if fault == "kill" else 1), where
-            stopped = files(run_dir)
-            assert compress("--dir", run_dir, *command) == 0, where
-            assert (run_dir / "compressed_model_3.cfg").read_text() == expected_cfg, where
-            reader = tf.train.load_checkpoint(str(run_dir / "compressed_model_3"))
-            assert_same_values({key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()},
-                               expected)
-            # Weights an interrupted publish left without their .cfg are its own leftovers, removed by design.
-            unpublished = [name for name in stopped if name.startswith("compressed_model_3.")]
-            assert_nothing_else_touched(stopped, files(run_dir), unpublished)
-            shutil.rmtree(run_dir)
+    def fresh_folder(name):
+        shutil.copytree(tmp_path / "train_log.base", tmp_path / name / RUN)
+        monkeypatch.chdir(tmp_path / name)
+        return tmp_path / name
+    command = functools.partial(compress, "--dir", RUN, "--step", 3, "--check-batches", 1)
+    names = count_writes(fresh_folder("reference"), command, dead, (
+        "checkpoint write", "replace compressed_model_3.data", "replace compressed_model_3.index",
+        "open .compressed_model_3.cfg", "replace compressed_model_3.cfg"))
+    expected_cfg, expected = (tmp_path / "reference" / RUN / "compressed_model_3.cfg").read_text(), \
+        compressed_weights(tmp_path / "reference" / RUN)
+
+    def check(run_dir, stopped, where):
+        assert (run_dir / "compressed_model_3.cfg").read_text() == expected_cfg, where
+        assert_same_values(compressed_weights(run_dir), expected)
+        # Weights an interrupted publish left without their .cfg are removed by design.
+        assert_nothing_else_touched(stopped, files(run_dir), [n for n in stopped if n.startswith("compressed_model_3.")])
+    stop_at_every_write(names, fresh_folder, command, dead, check)
+
+
+def compressed_weights(run_dir):
+    reader = tf.train.load_checkpoint(str(run_dir / "compressed_model_3"))
+    return {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()}
