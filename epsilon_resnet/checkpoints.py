@@ -4,8 +4,8 @@ folder are `run_folder`'s.
 
 A run's checkpoints are the model-<step> files themselves: a checkpoint is complete when its
 .index and every .data shard it names read back. The `checkpoint` file (TensorFlow's
-CheckpointState, so TensorFlow's tools read the run) is a hint: it names the latest checkpoint
-and the recent ones the rotation may delete, and it is written after each checkpoint.
+CheckpointState, written after each save so that TensorFlow's tools read the run) is only a
+hint of which is the latest.
 """
 import contextlib
 import errno

@@ -145,13 +145,13 @@ def files(folder):
 
 
 def checkpoint_values(run_dir):
-    """{step: {key: value}} of the complete checkpoints (save_counter, which counts attempts, and
-    the rotation's state, which holds the times of the saves, aside)."""
+    """{step: {key: value}} of the complete checkpoints (save_counter, which counts attempts, the
+    rotation's state, which holds the times of the saves, and the object graph aside)."""
     values = {}
     for step in run_folder.steps_in(run_dir):
         reader = tf.train.load_checkpoint(os.path.join(run_dir, f"model-{step}"))
         values[step] = {key: reader.get_tensor(key) for key in reader.get_variable_to_shape_map()
-                        if not key.startswith(("save_counter", "rotation/"))}
+                        if not key.startswith(("save_counter", "rotation/", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
     return values
 
 
