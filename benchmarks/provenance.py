@@ -7,6 +7,8 @@ import os
 import platform
 import subprocess
 
+from epsilon_resnet import run_folder
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 
@@ -44,9 +46,6 @@ def now():
 
 
 def write_atomic(path, text):
-    """Write beside the target, then rename: a reader never sees half a file."""
+    """Write beside the target, then rename (run_folder.replace_file): a reader never sees half a file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    run_folder.replace_file(path, text.encode())

@@ -5,6 +5,7 @@ docs/original.md §5. Scheduled values follow tensorpack's timing (epsilon_resne
 they are set at the start of the epoch in which they are in force.
 """
 import logging
+import os
 
 import keras
 import numpy as np
@@ -104,25 +105,33 @@ class GateMonitor(keras.callbacks.Callback):
 class MetricsWriter(keras.callbacks.Callback):
     """Appends one JSON object per epoch to metrics.jsonl, flushed to disk at once.
 
-    A resumed run appends epochs again after its checkpoint; read_metrics keeps the last
-    record of each epoch, so lines from a lost stretch of training are superseded. A last
-    line cut by a kill or a full disk is first moved aside (run_folder.repair_cut_tail).
+    An epoch the file already holds is not appended again: a run interrupted after an
+    epoch's record and before its checkpoint trains that epoch again when it resumes, and
+    its first record stands. A last line cut by a kill or a full disk is first moved aside
+    (run_folder.repair_cut_tail).
     """
 
     def __init__(self, path):
         super().__init__()
-        self.path = path
+        self.path, self.held = path, set()
 
     def on_train_begin(self, logs=None):
         repaired = run_folder.repair_cut_tail(self.path)
         if repaired:
             logger.warning("%s", repaired)
+        if os.path.exists(self.path):
+            self.held = {record["epoch"] for record in run_folder.read_metrics(os.path.dirname(self.path) or ".")}
 
     def on_epoch_end(self, epoch, logs=None):
+        if epoch in self.held:
+            logger.info("%s already holds epoch %d (written before the run was interrupted): kept that record",
+                        self.path, epoch)
+            return
         record = {"epoch": epoch, **{k: _plain(v) for k, v in logs.items()}}
         if "global_step" in record:
             record["global_step"] = int(record["global_step"])  # Keras turns the logs into floats
         run_folder.append_metrics(self.path, record)
+        self.held.add(epoch)
 
 
 class EpochLogger(keras.callbacks.Callback):

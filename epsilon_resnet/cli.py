@@ -6,6 +6,7 @@ CUDA_VISIBLE_DEVICES before TensorFlow initialises, and the import is made quiet
 """
 import argparse
 import contextlib
+import errno
 import os
 import sys
 
@@ -43,8 +44,16 @@ def command(args):
         yield
     except UserError as err:
         fail(err)
+    except OSError as err:  # a file or folder that cannot be read or written: a full or read-only disk, ...
+        fail(os_error_line(err))
     except KeyboardInterrupt:
         fail("interrupted")
+
+
+def os_error_line(err):
+    """An OSError as one line naming the file and what the error number means."""
+    name = errno.errorcode.get(err.errno, "")
+    return f"{err.filename or 'a file'}: {err.strerror or err}" + (f" ({name})" if name else "")
 
 
 def gpu_list(spec):

@@ -109,6 +109,8 @@ def loads(raw, path):
         architecture = Architecture.from_config(raw["architecture"])
     except (ValueError, TypeError) as err:
         raise CompressionError(f"{path}: architecture: {err}") from None
+    if not _is_int(raw["num_classes"]) or raw["num_classes"] < 1:
+        raise CompressionError(f"{path}: expected num_classes >= 1, got {raw['num_classes']!r}")
     eval_batch_size = raw.get("eval_batch_size", 128)
     if not _is_int(eval_batch_size) or eval_batch_size < 1:
         raise CompressionError(f"{path}: eval_batch_size must be a whole number >= 1, got {eval_batch_size!r}")

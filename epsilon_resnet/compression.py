@@ -15,7 +15,9 @@ then runs both networks on the validation set, together with the original's per-
 for comparison.
 """
 import collections
+import logging
 import os
+import re
 
 import keras
 import numpy as np
@@ -24,10 +26,11 @@ import tensorflow as tf
 from epsilon_resnet import batch_norm, checkpoints, compressed_cfg, pruning, run_folder
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.compressed_cfg import CompressedSpec
-from epsilon_resnet.errors import CompressionError
+from epsilon_resnet.errors import CompressionError, Interrupted
 from epsilon_resnet.evaluation import run_batches, top_k_wrong
 from epsilon_resnet.gate import CLOSED_AT_INFERENCE, gates_of, per_batch_inference
 from epsilon_resnet.networks import build_resnet, network_parts
+from epsilon_resnet.signals import StopRequest
 from epsilon_resnet.structures import architecture_for
 from epsilon_resnet.training import eval_batch_size
 
@@ -37,6 +40,8 @@ DECISION = f"closed at inference: is_discarded moving average >= {CLOSED_AT_INFE
 LOGIT_TOLERANCE = 1e-5
 # A gate whose recent training steps disagree this much (its average between 0.1 and 0.9) is reported.
 FLICKERING = 0.1
+
+logger = logging.getLogger("epsilon_resnet")
 
 
 # ---- which blocks go ------------------------------------------------------------------------
@@ -97,10 +102,11 @@ def logits_equal(difference, largest):
     return difference <= logit_tolerance(largest)
 
 
-def lossless_check(gated, compressed, batches):
+def lossless_check(gated, compressed, batches, stop=None):
     """Run the gated network (at inference, and with per-batch gates) and the compressed one on
     the same batches: the image count, the largest |logit difference| between gated and
-    compressed, whether that is within LOGIT_TOLERANCE, and the three errors."""
+    compressed, whether that is within LOGIT_TOLERANCE, and the three errors. stop: a
+    signals.StopRequest that ends the check at the next batch (Interrupted)."""
     @tf.function(reduce_retracing=True)
     def step(images, labels):
         logits = gated(images, training=False)["logits"]
@@ -111,7 +117,7 @@ def lossless_check(gated, compressed, batches):
                 *(tf.reduce_sum(top_k_wrong(x, labels)) for x in (logits, other, per_batch)))
 
     totals = collections.Counter()
-    for (diff, largest, *wrong), images in run_batches(step, batches):
+    for (diff, largest, *wrong), images in run_batches(step, batches, stop=stop):
         totals.update(images=images, batches=1, gated=float(wrong[0]), compressed=float(wrong[1]),
                       per_batch=float(wrong[2]))
         totals["max_diff"] = max(totals["max_diff"], float(diff))
@@ -152,18 +158,34 @@ def compress_run(directory, step, check_batches=None, data_dir=None, source=None
     if check_batches is not None and check_batches < 1:
         raise CompressionError(f"`check_batches` must be >= 1, got {check_batches}")
     run_dir = run_folder.find_run(directory)
-    refuse_existing_outputs(run_dir, step)
+    # The lock first: what this step's outputs are, and what an interrupted publish left, is
+    # only known while no other process writes the folder. SIGINT and SIGTERM stop the check
+    # at the next batch; during the publish they wait for it to end.
+    with run_folder.locked(run_dir, "compressModel", when_held="wait until it ends, then compress `directory` "
+                                                               "again"), StopRequest() as stop:
+        remove_unpublished(run_dir, step)
+        refuse_existing_outputs(run_dir, step)
+        try:
+            spec, compressed = _compress(run_dir, step, check_batches, data_dir, source, stop)
+        except Interrupted:
+            raise Interrupted(f"stopped by {stop.signal} during the check of step {step}; nothing was written: run "
+                              f"compressModel again") from None
+        return publish(run_dir, step, compressed, spec), spec
+
+
+def _compress(run_dir, step, check_batches, data_dir, source, stop):
+    """(CompressedSpec, compressed network) of a run's checkpoint at `step`, checked."""
+    record = record_at_step(run_folder.read_metrics(run_dir), step)
     config, source, gated, checkpoint = load_gated(run_dir, step, data_dir, source)
     # Compression runs on one device: a null eval batch is the run's training batch on one GPU.
     config = config_lib.replace(config, **{"train.eval_batch_size": eval_batch_size(config.train, 1)})
-    record = record_at_step(run_folder.read_metrics(run_dir), step)
     discarded, flickering = decide_at_inference(gated)
     check_data = source.eval_dataset(config.train.eval_batch_size)
     if check_batches is not None:
         check_data = check_data.take(check_batches)
     architecture = architecture_for(config.model, source.family, source.image_shape)
     compressed, kept = compress_model(gated, architecture, discarded)
-    check = {**lossless_check(gated, compressed, check_data), "check_batches": check_batches,
+    check = {**lossless_check(gated, compressed, check_data, stop), "check_batches": check_batches,
              "batch_size": config.train.eval_batch_size}
     data_dir = data_dir or config.data.dir
     spec = CompressedSpec(
@@ -175,38 +197,50 @@ def compress_run(directory, step, check_batches=None, data_dir=None, source=None
         recorded_errors={k: float(v) for k, v in (record or {}).items() if k.startswith("val_error")},
         check=check, warnings=tuple(_warnings(check, flickering)),
         cost={"full": network_cost(gated), "compressed": network_cost(compressed)})
-    return publish(run_dir, step, compressed, spec), spec
+    return spec, compressed
+
+
+def _weight_files(run_dir, step):
+    """The compressed weights of a step in the run folder (regular files only)."""
+    pattern = re.compile(re.escape(run_folder.compressed_name(step)) + r"\.(index|data-\d{5}-of-\d{5})")
+    return sorted(entry.path for entry in os.scandir(run_dir)
+                  if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False))
+
+
+def remove_unpublished(run_dir, step):
+    """Delete the compressed weights of a step that have no .cfg: an interrupted `publish` left
+    them (it writes the .cfg last). Call only while holding the run folder's lock."""
+    if os.path.lexists(os.path.join(run_dir, run_folder.compressed_name(step) + ".cfg")):
+        return
+    for path in _weight_files(run_dir, step):
+        os.remove(path)
+        logger.warning("removed %s: weights without their .cfg, left by an interrupted compressModel", path)
 
 
 def refuse_existing_outputs(run_dir, step):
-    """Refuse to compress a step twice (a killed run's temporaries do not count: `publish` removes them)."""
-    existing = sorted(f for f in os.listdir(run_dir) if f.startswith(run_folder.compressed_name(step) + ".")
-                      and not run_folder.TEMPORARY.fullmatch(f))
+    """Refuse to compress a step twice."""
+    existing = sorted(f for f in os.listdir(run_dir) if f.startswith(run_folder.compressed_name(step) + "."))
     if existing:
         raise CompressionError(f"{run_dir} already holds {existing}; remove them to compress step {step} again")
 
 
 def publish(run_dir, step, compressed, spec):
     """Write the compressed weights, then the .cfg that names them, each only once complete;
-    returns the .cfg's path.
+    returns the .cfg's path. Call only while holding the run folder's lock (run_folder.locked).
 
     The .cfg's text is made first, so nothing is written when it cannot be; if writing the
-    .cfg fails, the weight files this call wrote are removed again. The run folder is locked
-    meanwhile (run_folder.locked).
+    .cfg fails, the weight files this call wrote are removed again.
     """
     text = compressed_cfg.dumps(spec)
     name = run_folder.compressed_name(step)
     path = os.path.join(run_dir, name + ".cfg")
-    with run_folder.locked(run_dir, "compressModel"):
-        refuse_existing_outputs(run_dir, step)
-        checkpoints.write_checkpoint(tf.train.Checkpoint(model=compressed), run_dir, name)
-        try:
-            run_folder.write_new_file(path, text)
-        except BaseException:
-            for file in os.listdir(run_dir):
-                if file.startswith(name + ".") and not file.endswith(".cfg"):
-                    os.remove(os.path.join(run_dir, file))
-            raise
+    checkpoints.write_checkpoint(tf.train.Checkpoint(model=compressed), run_dir, name)
+    try:
+        run_folder.write_new_file(path, text)
+    except BaseException:
+        for file in _weight_files(run_dir, step):
+            os.remove(file)
+        raise
     return path
 
 

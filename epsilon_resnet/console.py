@@ -84,6 +84,14 @@ def quiet_tensorflow(verbose=False):
     import tensorflow  # noqa: F401
 
 
+class RunLog(logging.FileHandler):
+    """log.log: a write that fails (a full disk) stops the run with that error, one line
+    (cli.command), instead of logging's traceback for every line written after it."""
+
+    def handleError(self, record):
+        raise  # the error being handled, which logging.Handler.emit caught
+
+
 def setup_logging(run_dir):
     """log.log in the run folder (appended, never truncated; none when run_dir is None) plus the console."""
     logger.setLevel(logging.DEBUG)
@@ -92,7 +100,7 @@ def setup_logging(run_dir):
         handler.close()
     formatter = logging.Formatter("[%(asctime)s] %(message)s", "%m%d %H:%M:%S")
     if run_dir is not None:
-        file_handler = logging.FileHandler(os.path.join(run_dir, "log.log"))
+        file_handler = RunLog(os.path.join(run_dir, "log.log"))
         file_handler.setFormatter(formatter)
         logger.addHandler(file_handler)
     console = logging.StreamHandler(sys.stdout)

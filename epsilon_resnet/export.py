@@ -24,10 +24,10 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
+from epsilon_resnet import run_folder
 from epsilon_resnet.errors import RunError, UserError
 
 # Keras and TensorFlow are imported inside the functions: the command lines read the names
@@ -260,12 +260,16 @@ def export(model, export_dir, formats=("saved_model",), check_batches=(), quanti
         raise ExportError("`quantize` int8 needs `calibration` images (training images, never test or held-out)")
     network = logits_model(model)
     os.makedirs(os.path.dirname(export_dir), exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=os.path.dirname(export_dir))
+    from epsilon_resnet import checkpoints
+
+    folder = run_folder.temporary_path(export_dir)
+    os.mkdir(folder)
     try:
         files = {}
-        for fmt, q in wanted:
-            for dtype, path in write_entry(network, folder, fmt, q, calibration, dtypes).items():
-                files[(fmt, q, dtype)] = path
+        with checkpoints.file_errors_as_os_errors(folder):
+            for fmt, q in wanted:
+                for dtype, path in write_entry(network, folder, fmt, q, calibration, dtypes).items():
+                    files[(fmt, q, dtype)] = path
         report = check_files(network, files, check_batches)
         if not report or not next(iter(report.values()))["images"]:
             raise RunError("no images to check the exported files on: `check_batches` is empty")

@@ -6,6 +6,7 @@ written into it, without TensorFlow (plots and the reproduction read runs throug
     metrics.jsonl               one JSON record per epoch (`append_metrics`, `read_metrics`)
     train/, validation/         TensorBoard
     model-<step>.index/.data-*  the recent checkpoints (and one every 30 minutes; `checkpoints`)
+    checkpoint                  which of them is the latest and which are recent (a hint)
     kept/model-<step>.*         checkpoints kept for good (train.keep_checkpoint_steps)
     compressed_model_<step>.*   compressModel.py's .cfg (`compressed_cfg`) and pruned weights
     evaluation.json             an evaluation's errors, when asked for (`write_evaluation`)
@@ -25,25 +26,28 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 
 from epsilon_resnet import config as config_lib
-from epsilon_resnet.errors import CheckpointError, RunError
+from epsilon_resnet.errors import CheckpointError, FileError, RunError
 from epsilon_resnet.structures import GATE_METRICS, IS_DISCARDED  # noqa: F401 (the metric keys' names)
 
 logger = logging.getLogger("epsilon_resnet")
 
 RUN_PREFIX = "train_log."
 CHECKPOINT_NAME = "model"
+CHECKPOINT_HINT = "checkpoint"  # TensorFlow's name; names the latest checkpoint (a hint: `checkpoints`)
 KEPT_FOLDER = "kept"
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.log"
 METRICS_FILE = "metrics.jsonl"
 EVALUATION_FILE = "evaluation.json"
 LOCK_FILE = ".lock"
-# What write_new_file and checkpoints.write_checkpoint write before renaming:
-# folder/name.tmp-<pid>, folder/.name.tmp-XXXX/.
-TEMPORARY = re.compile(r"(.+\.tmp-\d+|\..+\.tmp-.+)")
+# Every file or folder the project writes before renaming it into place is named
+# .<name>.epsilon_resnet-tmp.<writer's PID>.<8 random hex digits> (`temporary_path`), a name no
+# user picks; `remove_stale_temporaries` deletes one only once its writer is gone.
+TEMPORARY = re.compile(r"\.(?P<name>.+)\.epsilon_resnet-tmp\.(?P<pid>\d+)\.[0-9a-f]{8}")
 RECORD_START = '{"epoch"'  # how every metrics record begins (`append_metrics`)
 
 
@@ -152,11 +156,11 @@ def prepare(run_dir, config, write=True):
 
 
 @contextlib.contextmanager
-def locked(run_dir, purpose):
+def locked(run_dir, purpose, when_held="wait until it ends, or choose another `run_dir`"):
     """Hold the run folder for this process alone (creating the folder if needed) while it writes.
 
     An advisory flock on run_dir/.lock, which records the holder's PID and `purpose` for the
-    message another process gets. The kernel drops it when its holder exits, however it
+    message another process gets (`when_held` says what to do then). The kernel drops it when its holder exits, however it
     exits (kill -9 too), so a stale .lock file never blocks. Once the lock is held, any
     temporary file left by an earlier writer that was killed is removed.
     """
@@ -172,8 +176,7 @@ def locked(run_dir, purpose):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "a process that is starting"
-            raise RunError(f"{run_dir} is in use by PID {holder}; wait until it ends, or choose another "
-                           f"`run_dir`") from None
+            raise RunError(f"{run_dir} is in use by PID {holder}; {when_held}") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} ({purpose})\n".encode(), 0)
         remove_stale_temporaries(run_dir)
@@ -182,29 +185,45 @@ def locked(run_dir, purpose):
         os.close(fd)
 
 
+def temporary_path(path):
+    """Where to write `path` before renaming it into place: beside it, under the one name
+    `remove_stale_temporaries` recognises (this process's PID and a random tag)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.epsilon_resnet-tmp.{os.getpid()}.{secrets.token_hex(4)}")
+
+
+def _writer_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def remove_stale_temporaries(run_dir):
-    """Delete the temporaries of a killed writer (call only while holding `locked`)."""
+    """Delete the temporaries (`TEMPORARY`) of writers that are no longer alive, in the run
+    folder and its kept/ (call only while holding `locked`). Only regular files and folders
+    are deleted, never a symlink or anything it points to; a kept/ that is a symlink is not entered."""
     for folder in (run_dir, os.path.join(run_dir, KEPT_FOLDER)):
-        for name in os.listdir(folder) if os.path.isdir(folder) else ():
-            path = os.path.join(folder, name)
-            if TEMPORARY.fullmatch(name):
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        if os.path.islink(folder) or not os.path.isdir(folder):
+            continue
+        for entry in os.scandir(folder):
+            found = TEMPORARY.fullmatch(entry.name)
+            if not found or entry.is_symlink() or _writer_alive(int(found["pid"])):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                os.remove(entry.path)
 
 
 def write_new_file(path, text):
     """Write text to a new file atomically (temporary file, fsync, rename); never replaces one."""
-    if os.path.exists(path):
+    if os.path.lexists(path):
         raise RunError(f"{path} exists already; it was left untouched")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    replace_file(path, text.encode())
 
 
 # ---- metrics.jsonl ----------------------------------------------------------------------------
@@ -222,14 +241,20 @@ def read_metrics(run_dir):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist: is {run_dir} a train_log.<output> folder of this project?")
     records = {}
-    with open(path) as f:
-        lines = f.read().split("\n")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except UnicodeDecodeError as err:
+        raise FileError(f"{path} is not UTF-8 text (byte {err.start}); expected one JSON record per line") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         record = _record(path, number, line, last=number == len(lines))
-        if record is not None:
-            records[record["epoch"]] = record
+        if record is None:
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise FileError(f"{path}:{number} is not a record with an \"epoch\" (as training writes them)")
+        records[record["epoch"]] = record
     return [records[e] for e in sorted(records)]
 
 
@@ -249,8 +274,8 @@ def _record(path, number, line, last):
     except json.JSONDecodeError:
         record = None
     if record is None:
-        raise ValueError(f"{path}:{number} is not valid JSON (expected one record per line, as training "
-                         f"writes them)") from None
+        raise FileError(f"{path}:{number} is not valid JSON (expected one record per line, as training "
+                        f"writes them)") from None
     logger.warning("%s:%d begins with a cut record (a write was interrupted); kept the epoch %s record that "
                    "follows it on that line", path, number, record.get("epoch"))
     return record
@@ -272,13 +297,13 @@ def repair_cut_tail(path):
     kept, _, cut = text.rpartition(b"\n")
     number = kept.count(b"\n") + (2 if kept else 1)
     if _is_json(cut):  # only the newline is missing
-        _replace(path, text + b"\n")
+        replace_file(path, text + b"\n")
         return f"{path}:{number} lacked its newline; added it"
     saved = next(name for name in (f"{path}.cut-line-{number}" + (f".{k}" if k else "") for k in itertools.count())
                  if not os.path.exists(name))
     with open(saved, "xb") as f:
         _write_synced(f, cut)
-    _replace(path, kept + b"\n" if kept else b"")
+    replace_file(path, kept + b"\n" if kept else b"")
     return (f"{path}:{number} was cut short (a write was interrupted); kept lines 1-{number - 1} and moved the "
             f"cut text to {saved}")
 
@@ -291,8 +316,9 @@ def _is_json(data):
     return True
 
 
-def _replace(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
+def replace_file(path, data):
+    """Write bytes to `path` atomically: a temporary file, fsync, renamed over whatever was there."""
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             _write_synced(f, data)

@@ -221,8 +221,15 @@ class Trainer:
         """Checkpoint the current state as model-<global step> (`checkpoints.RunCheckpoints`);
         returns its path (None off the chief)."""
         self.state.values["lr"] = self.lr_setter.state()
-        try:
+        with self._writing():
             return self.checkpoints.save(self.global_step)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """A failed write into the run folder (checkpoint, metrics.jsonl, TensorBoard events) as
+        RunError: it names the step, the reason and the checkpoint to resume from."""
+        try:
+            yield
         except (OSError, tf.errors.OpError) as err:
             raise RunError(self._write_failure(err)) from None
 
@@ -230,7 +237,7 @@ class Trainer:
         full = getattr(err, "errno", None) == errno.ENOSPC or "no space left" in str(err).lower()
         return (f"writing to {self.run_dir} failed at global step {self.global_step}"
                 f"{' because the disk is full' if full else ''}: {err}. The last complete checkpoint is "
-                f"{checkpoints.latest_checkpoint(self.run_dir)}; once the problem is fixed, train into "
+                f"{checkpoints.newest(self.run_dir)}; once the problem is fixed, train into "
                 f"the same run folder again to resume")
 
     # ---- the loop ----------------------------------------------------------------------
@@ -245,13 +252,15 @@ class Trainer:
         callbacks = run_callbacks(self.config, self.model, self.lr_setter, self.run_dir, self.chief, extra_callbacks)
         iterator = iter(self.distributed_dataset())
         self._log_start()
-        callbacks.on_train_begin()
+        with self._writing():
+            callbacks.on_train_begin()
         with StopRequest() as stop:
             for epoch in range(self.state.values["epoch"] + 1, self.config.train.max_epoch + 1):
                 callbacks.on_epoch_begin(epoch)
                 self._train_epoch(epoch, iterator, callbacks, stop, progress)
                 self._end_epoch(epoch, callbacks, stop)
-        callbacks.on_train_end()
+        with self._writing():
+            callbacks.on_train_end()
         return self.model
 
     def start(self, latest=None, load=None):
@@ -300,7 +309,7 @@ class Trainer:
             if not math.isfinite(values["cost"]):
                 raise RunError(f"the loss became {values['cost']} at global step {self.global_step} (step {step + 1} "
                                f"of epoch {epoch}); nothing was saved after it: the last good checkpoint is "
-                               f"{checkpoints.latest_checkpoint(self.run_dir)}")
+                               f"{checkpoints.newest(self.run_dir)}")
             for key, value in values.items():
                 state["sums"][key] = state["sums"].get(key, 0.0) + value
             state["step_in_epoch"] = step + 1
@@ -324,10 +333,8 @@ class Trainer:
         state = self.state.values
         logs.update({key: value / self.steps_per_epoch for key, value in state["sums"].items()})
         logs["global_step"] = self.global_step
-        try:
+        with self._writing():  # metrics.jsonl, the TensorBoard events
             callbacks.on_epoch_end(epoch, logs)
-        except (OSError, tf.errors.OpError) as err:  # metrics.jsonl or the TensorBoard events
-            raise RunError(self._write_failure(err)) from None
         state.update(epoch=epoch, step_in_epoch=0, sums={})
         path = self.save()
         if path:
@@ -341,21 +348,22 @@ class Trainer:
 
 
 def _start_point(run_dir, load, resume):
-    """The checkpoint a run starts from: its own latest (resume), `load`'s (a new run), or None."""
+    """(the checkpoint a run starts from: its own newest complete one (resume), `load`'s (a new
+    run), or None; a note when the run folder's `checkpoint` file disagrees with its files)."""
     if load:
         run_folder.check_checkpoint(load)
-    latest = checkpoints.latest_checkpoint(run_dir)
+    latest, note = checkpoints.find_latest(run_dir)
     if resume and load:
         raise RunError("`resume` continues the run folder's own latest checkpoint; `load` starts a new run from "
                        "another one: give only one of them")
     if resume and not latest:
-        raise RunError(f"`resume`: {run_dir} " + ("has no checkpoint to resume from (its 'checkpoint' file names "
-                                                  "none)" if os.path.isdir(run_dir) else "does not exist")
+        raise RunError(f"`resume`: {run_dir} " + ("has no checkpoint to resume from (no complete model-<step>)"
+                                                  if os.path.isdir(run_dir) else "does not exist")
                        + "; check the `run_dir`, or drop `resume` to start a new run")
     if latest and load:
         raise RunError(f"{run_dir} already has checkpoints (latest {latest}); it resumes by itself. "
                        f"Drop `load`, or choose another `run_dir` to start from {load}")
-    return latest
+    return latest, note
 
 
 def check_fits_in_memory(config, source, replicas):
@@ -389,7 +397,7 @@ def train_and_evaluate(config, run_dir, load=None, resume=False, strategy=None, 
     if saved and config.data.dir is None:  # no data folder given: the one the run was started with
         config = config_lib.replace(config, **{"data.dir": saved.data.dir})
     source = data.get_source(config.data.name, config.data.dir, **config.data.options)
-    latest = _start_point(run_dir, load, resume)
+    latest, note = _start_point(run_dir, load, resume)
     strategy = strategy or tf.distribute.get_strategy()
     check_fits_in_memory(config, source, strategy.num_replicas_in_sync)
     runtime.configure(config.train)
@@ -400,7 +408,7 @@ def train_and_evaluate(config, run_dir, load=None, resume=False, strategy=None, 
     chief = distribute.is_chief(strategy)
     with run_folder.locked(run_dir, "training") if chief else contextlib.nullcontext():
         # Again under the lock: a run that held the folder until now may have saved since.
-        now = _start_point(run_dir, load, resume)
+        now, note = _start_point(run_dir, load, resume)
         if now != latest:
             latest = now
             trainer.start(latest, load)
@@ -408,6 +416,8 @@ def train_and_evaluate(config, run_dir, load=None, resume=False, strategy=None, 
                 return trainer.model
         run_folder.prepare(run_dir, config, write=chief)
         setup_logging(run_dir if chief else None)
+        if note:
+            logger.warning("%s", note)
         if saved and saved.data.dir != config.data.dir:
             logger.info("the data now comes from %s: where it is is not part of the run, so it resumes; the run's "
                         "config.yaml, written once, keeps %s (compressModel.py reads that folder unless given "

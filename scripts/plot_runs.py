@@ -61,7 +61,7 @@ def gate_blocks(records):
 
 def save_png(fig, path):
     """Write the figure to a temporary file beside `path`, then rename it: readers never see half a PNG."""
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = run_folder.temporary_path(path)
     try:
         fig.savefig(tmp, format="png", dpi=DPI)
         os.replace(tmp, path)
@@ -159,6 +159,8 @@ def plot_groups(groups, out, error_label="validation error (%)"):
     groups: [(label, file name, [(run name, records), ...])]; a gated group's heat map is
     gates_<file name>.png.
     """
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise PlotError(f"--out {out} is a file; expected a folder for the PNGs")
     os.makedirs(out, exist_ok=True)
     written = [line_plot(groups, "val_error", error_label, os.path.join(out, "val_error.png"), scale=100),
                line_plot(groups, "learning_rate", "learning rate", os.path.join(out, "learning_rate.png"),
@@ -255,6 +257,8 @@ def main(argv=None):
                                                                                        args.labels)
     except PlotError as err:
         sys.exit(f"error: {err}")
+    except OSError as err:  # a folder that cannot be written: a full or read-only disk, ...
+        sys.exit(f"error: {err.filename}: {err.strerror}")
     print("\n".join(f"wrote {p}" for p in written))
 
 

@@ -2,6 +2,7 @@
 (Ctrl-C is in test_resume.py and test_distribute.py)."""
 import functools
 import errno
+import json
 import os
 import re
 import signal
@@ -107,6 +108,8 @@ def test_full_disk_is_reported_naming_the_folder_and_the_run_resumes_once_there_
 
     assert run("--config", config, "-o", "full") == 0  # room again: the same command resumes
     assert [r["global_step"] for r in read_metrics("train_log.full")] == [3, 6]
+    with open("train_log.full/metrics.jsonl") as f:  # epoch 2's record, written before the failed save, once
+        assert [json.loads(line)["epoch"] for line in f] == [1, 2]
     assert restored(config, "train_log.full", tf.train.latest_checkpoint("train_log.full")).global_step == 6
 
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from epsilon_resnet import run_folder
+from epsilon_resnet import compression, run_folder
 from epsilon_resnet.cli import cifar_main, compress_main
 from epsilon_resnet.errors import RunError
 from epsilon_resnet.run_folder import read_metrics
@@ -24,6 +24,13 @@ compress = functools.partial(exit_code, compress_main)
 
 HOLD = "import sys, time; from epsilon_resnet import run_folder\n" \
        "with run_folder.locked(sys.argv[1], 'training'):\n    print('held', flush=True); time.sleep(120)"
+
+
+def dead_pid():
+    """The PID of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
 
 
 @pytest.fixture
@@ -58,21 +65,37 @@ def test_a_second_training_of_a_locked_folder_is_refused_and_a_killed_holder_doe
     assert [r["epoch"] for r in read_metrics("train_log.twin")] == [1]
 
 
-def test_compression_refuses_a_locked_run_and_removes_a_killed_compression_s_temporaries(
+def test_compression_takes_the_lock_first_and_removes_what_an_interrupted_compression_left(
         tmp_path, monkeypatch, capsys, tiny_cifar, holder):
     monkeypatch.chdir(tmp_path)
     assert train("--config", write_tiny_config(str(tmp_path), tiny_cifar, max_epoch=1), "-o", "c") == 0
-    leftovers = ["compressed_model_3.cfg.tmp-99999", ".compressed_model_3.tmp-abc123"]
-    (tmp_path / "train_log.c" / leftovers[0]).write_text("half a cfg")
-    (tmp_path / "train_log.c" / leftovers[1]).mkdir()
-    process = holder(tmp_path / "train_log.c")
+    run_dir = tmp_path / "train_log.c"
+    dead = dead_pid()
+    leftovers = [f".compressed_model_3.cfg.epsilon_resnet-tmp.{dead}.0123abcd",
+                 f".compressed_model_3.epsilon_resnet-tmp.{dead}.89abcdef"]
+    (run_dir / leftovers[0]).write_text("half a cfg")
+    (run_dir / leftovers[1]).mkdir()
+    # A publish stopped between the weights and the .cfg: weights without their .cfg.
+    (run_dir / "compressed_model_3.index").write_bytes(b"index")
+    (run_dir / "compressed_model_3.data-00000-of-00001").write_bytes(b"data")
+    process = holder(run_dir)
+    before = snapshot(run_dir)
+    checks = []
+    monkeypatch.setattr(compression, "lossless_check", lambda *args: checks.append(args))
     assert compress("--dir", "train_log.c", "--step", 3, "--check-batches", 1) == 1
-    assert f"train_log.c is in use by PID {process.pid}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == f"error: train_log.c is in use by PID {process.pid} (training); wait until it ends, then " \
+                  f"compress --dir again\n"
+    assert checks == [] and snapshot(run_dir) == before  # refused before the check, and before any cleaning
     process.kill()
     process.wait()
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
     assert compress("--dir", "train_log.c", "--step", 3, "--check-batches", 1) == 0
-    names = os.listdir(tmp_path / "train_log.c")
+    assert "removed train_log.c/compressed_model_3.index: weights without their .cfg" in "".join(capsys.readouterr())
+    names = os.listdir(run_dir)
     assert "compressed_model_3.cfg" in names and not set(leftovers) & set(names)
+    assert (run_dir / "compressed_model_3.index").read_bytes() != b"index"
 
 
 def test_a_folder_that_cannot_be_written_is_named(tmp_path, monkeypatch):

@@ -75,3 +75,56 @@ def test_the_format_owners_import_without_tensorflow():
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, sorted(sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def ended_pid():
+    """The PID of a process that has ended."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def temporary(folder, name, pid):
+    """A temporary as the project names it, written by process `pid`."""
+    return os.path.join(folder, f".{name}.epsilon_resnet-tmp.{pid}.0123abcd")
+
+
+def test_the_sweep_deletes_only_temporaries_of_ended_writers_inside_the_run_folder(tmp_path):
+    run_dir, outside = tmp_path / "train_log.x", tmp_path / "elsewhere"
+    run_dir.mkdir()
+    outside.mkdir()
+    dead = ended_pid()
+    users = ["notes.tmp-2024", ".draft.tmp-abc", "model-3.index.tmp-12", f"x.epsilon_resnet-tmp.{dead}.0123abcd"]
+    for name in users:
+        (run_dir / name).write_text("the user's")
+    stale_file, stale_folder = temporary(run_dir, "config.yaml", dead), temporary(run_dir, "model-6", dead)
+    live = temporary(run_dir, "metrics.jsonl", os.getpid())
+    open(stale_file, "w").close()
+    os.mkdir(stale_folder)
+    open(os.path.join(stale_folder, "model-6.index"), "w").close()
+    open(live, "w").close()
+    # kept/ as a symlink to a folder outside, holding a temporary of an ended writer: not followed.
+    outside_temporary = temporary(outside, "model-3", dead)
+    open(outside_temporary, "w").close()
+    os.symlink(outside, run_dir / run_folder.KEPT_FOLDER)
+    # A temporary's name on a symlink to a folder: left alone, as is the folder.
+    link = temporary(run_dir, "model-9", dead)
+    os.symlink(outside, link)
+
+    with run_folder.locked(str(run_dir), "training"):
+        pass
+    left = set(os.listdir(run_dir))
+    assert set(users) <= left and os.path.basename(live) in left and os.path.islink(link)
+    assert not os.path.lexists(stale_file) and not os.path.lexists(stale_folder)
+    assert os.path.exists(outside_temporary)
+
+
+def test_every_atomic_writer_writes_under_the_one_temporary_name(tmp_path, monkeypatch):
+    renamed = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(os.path.basename(src)), replace(src, dst)))
+    run_folder.write_new_file(str(tmp_path / "a.yaml"), "a: 1\n")
+    run_folder.replace_file(str(tmp_path / "metrics.jsonl"), b"{}\n")
+    compressed_cfg.write(str(tmp_path / "compressed_model_3.cfg"), spec())
+    assert len(renamed) == 3
+    assert all(run_folder.TEMPORARY.fullmatch(name)["pid"] == str(os.getpid()) for name in renamed), renamed

@@ -74,7 +74,7 @@ def test_missing_or_corrupt_checkpoint_for_load(tmp_path, monkeypatch, capsys, t
     (tmp_path / "model-5.index").write_bytes(b"not a checkpoint")
     (tmp_path / "model-5.data-00000-of-00001").write_bytes(b"garbage")
     assert run("--config", config, "-o", "b", "--load", str(tmp_path / "model-5")) == 1
-    assert "model-5 do not fit the network" in capsys.readouterr().err
+    assert "the checkpoint files of " in (err := capsys.readouterr().err) and "model-5 are damaged (" in err
 
 
 def test_existing_run_of_another_model_is_left_untouched(tmp_path, monkeypatch, capsys, tiny_cifar):
