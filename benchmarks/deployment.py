@@ -35,15 +35,15 @@ import sys
 import tempfile
 import time
 
-from benchmarks import common, provenance  # common first: it quietens TensorFlow's C++ log
+from benchmarks import RESULTS_DIR, common  # common first: it quietens TensorFlow's C++ log
 
 import keras
 import numpy as np
 
 from epsilon_resnet import compression, data, export
 from epsilon_resnet.networks import build_resnet
+from epsilon_resnet.provenance import splice_readme
 from epsilon_resnet.structures import cifar_structure, structure_for
-from reproduction.report import splice_readme
 
 NAME = "deployment"
 SHARES = (0.22, 0.83)
@@ -270,7 +270,7 @@ def main(argv=None):
                         help="only render results/deployment.json into this README, between its deployment markers")
     args = parser.parse_args(argv)
     if args.render:
-        with open(os.path.join(provenance.RESULTS_DIR, f"{NAME}.json"), encoding="utf-8") as f:
+        with open(os.path.join(RESULTS_DIR, f"{NAME}.json"), encoding="utf-8") as f:
             splice_readme(args.render, render_markdown(json.load(f)), README_MARKERS)
         return print(f"rendered results/{NAME}.json into {args.render}")
     watch = common.MachineWatch()

@@ -9,6 +9,7 @@ import tempfile
 import tensorflow as tf
 
 from epsilon_resnet import data, run_folder
+from epsilon_resnet.atomic import temporary_path
 from epsilon_resnet.errors import CheckpointError, WeightsDoNotFit
 from epsilon_resnet.networks import build_from_config
 
@@ -27,7 +28,9 @@ def write_checkpoint(checkpoint, folder, name):
     os.makedirs(folder, exist_ok=True)
     if os.path.exists(os.path.join(folder, name + ".index")):
         raise CheckpointError(f"{os.path.join(folder, name)} exists already; it was left untouched")
-    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=folder)
+    tmp = temporary_path(os.path.join(folder, name))
+    shutil.rmtree(tmp, ignore_errors=True)  # a dead writer's of the same PID
+    os.mkdir(tmp)
     try:
         checkpoint.write(os.path.join(tmp, name))
         for file in sorted(os.listdir(tmp), key=lambda f: f.endswith(".index")):

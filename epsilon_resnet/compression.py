@@ -25,16 +25,12 @@ from epsilon_resnet import batch_norm, checkpoints, compressed_cfg, pruning, run
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.compressed_cfg import CompressedSpec
 from epsilon_resnet.errors import CompressionError
-from epsilon_resnet.evaluation import run_batches, top_k_wrong
+from epsilon_resnet.evaluation import logit_tolerance, logits_equal, run_batches, top_k_wrong
 from epsilon_resnet.gate import CLOSED_AT_INFERENCE, gates_of, per_batch_inference
 from epsilon_resnet.networks import build_resnet, network_parts
 from epsilon_resnet.structures import architecture_for
-from epsilon_resnet.training import eval_batch_size
 
 DECISION = f"closed at inference: is_discarded moving average >= {CLOSED_AT_INFERENCE:g}"
-# Equal logits: both networks run the same operations on the same weights, and only the order
-# in which a kernel sums may differ (another graph, another batch size): |Δ| <= this × max(1, max|logit|).
-LOGIT_TOLERANCE = 1e-5
 # A gate whose recent training steps disagree this much (its average between 0.1 and 0.9) is reported.
 FLICKERING = 0.1
 
@@ -88,19 +84,10 @@ def network_cost(model):
 
 
 # ---- the check ------------------------------------------------------------------------------
-def logit_tolerance(largest):
-    """The largest |logit difference| that counts as equal, for logits up to `largest` in size."""
-    return LOGIT_TOLERANCE * max(1.0, largest)
-
-
-def logits_equal(difference, largest):
-    return difference <= logit_tolerance(largest)
-
-
 def lossless_check(gated, compressed, batches):
     """Run the gated network (at inference, and with per-batch gates) and the compressed one on
     the same batches: the image count, the largest |logit difference| between gated and
-    compressed, whether that is within LOGIT_TOLERANCE, and the three errors."""
+    compressed, whether that is within `evaluation.logit_tolerance`, and the three errors."""
     @tf.function(reduce_retracing=True)
     def step(images, labels):
         logits = gated(images, training=False)["logits"]
@@ -155,7 +142,7 @@ def compress_run(directory, step, check_batches=None, data_dir=None, source=None
     refuse_existing_outputs(run_dir, step)
     config, source, gated, checkpoint = load_gated(run_dir, step, data_dir, source)
     # Compression runs on one device: a null eval batch is the run's training batch on one GPU.
-    config = config_lib.replace(config, **{"train.eval_batch_size": eval_batch_size(config.train, 1)})
+    config = config_lib.replace(config, **{"train.eval_batch_size": config_lib.eval_batch_size(config.train, 1)})
     record = record_at_step(run_folder.read_metrics(run_dir), step)
     discarded, flickering = decide_at_inference(gated)
     check_data = source.eval_dataset(config.train.eval_batch_size)

@@ -13,7 +13,7 @@ import typing
 import yaml
 
 from epsilon_resnet import data
-from epsilon_resnet.errors import ConfigError, FileError
+from epsilon_resnet.errors import ConfigError, FileError, RunError
 from epsilon_resnet.structures import (BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, GATE_SCOPES,
                                        IMAGENET_DEPTHS, PRECISIONS, architecture_for)
 
@@ -272,6 +272,26 @@ def epsilon_is_used(model):
     at epoch 0 and every point sets its own ε."""
     schedule = model.epsilon_schedule
     return not any(epoch == 0 for epoch, _ in schedule) or any(eps is None for _, eps in schedule)
+
+
+# ---- the batch rules of TrainConfig -----------------------------------------------------------
+def per_replica_batch(train, replicas):
+    """Images per replica and step. CIFAR/SVHN feed every replica its own batch
+    (train.batch_per_replica, as tensorpack fed each GPU); ImageNet splits one global batch
+    with the original's integer division (256 // 6 = 42 per GPU on 6 GPUs, docs/original.md §10)."""
+    if train.batch_per_replica:
+        return train.batch_size
+    if train.batch_size < replicas:
+        raise RunError(f"the global batch of {train.batch_size} images is smaller than the {replicas} replicas "
+                       f"it is split across; choose a batch size of at least the number of GPUs")
+    return train.batch_size // replicas
+
+
+def eval_batch_size(train, replicas):
+    """train.eval_batch_size, or when it is null the per-replica training batch: tensorpack
+    evaluated on one tower in batches of the per-GPU batch (ImageNet: 256 // number of GPUs,
+    docs/original.md §10), and under the per-batch gate the batch decides which blocks close."""
+    return train.eval_batch_size or per_replica_batch(train, replicas)
 
 
 def read_yaml(path, missing):

@@ -15,7 +15,7 @@ any size, and returns logits.
 
 Everything is written into a temporary sibling folder, every file is loaded in its runtime and
 run on the check images next to the Keras network, and only when every float file gives the
-network's logits (within `compression.logit_tolerance`) is the folder renamed into place;
+network's logits (within `evaluation.logit_tolerance`) is the folder renamed into place;
 otherwise it is removed and a RunError says which file differs by how much. The int8 files are
 not expected to give the float logits: their error and largest difference are reported, never
 used to accept or refuse anything.
@@ -24,10 +24,10 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
+from epsilon_resnet.atomic import temporary_path
 from epsilon_resnet.errors import RunError, UserError
 
 # Keras and TensorFlow are imported inside the functions: the command lines read the names
@@ -192,7 +192,7 @@ def check_files(network, files, batches):
     """Run every file {(format, quantize, dtype): path} on the batches of (float32 images,
     labels or None) beside the Keras network; per file the images, the largest |logit
     difference|, the tolerance, whether it passes and the error (None without labels)."""
-    from epsilon_resnet import compression
+    from epsilon_resnet.evaluation import logit_tolerance
 
     runners = {key: load_runner(key[0], path, threads=os.cpu_count()) for key, path in files.items()}
     stats = {key: {"max_diff": 0.0, "largest": 0.0, "wrong": 0, "images": 0} for key in files}
@@ -221,7 +221,7 @@ def check_files(network, files, batches):
             entry["images"] += len(images)
     report = {}
     for key, entry in stats.items():
-        tolerance = compression.logit_tolerance(entry["largest"])
+        tolerance = logit_tolerance(entry["largest"])
         report[key] = {"file": files[key], "images": entry["images"], "max_abs_logit_difference": entry["max_diff"],
                        "tolerance": None if key[1] else tolerance,
                        "matches": True if key[1] else entry["max_diff"] <= tolerance,
@@ -260,7 +260,9 @@ def export(model, export_dir, formats=("saved_model",), check_batches=(), quanti
         raise ExportError("`quantize` int8 needs `calibration` images (training images, never test or held-out)")
     network = logits_model(model)
     os.makedirs(os.path.dirname(export_dir), exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=os.path.dirname(export_dir))
+    folder = temporary_path(export_dir)
+    shutil.rmtree(folder, ignore_errors=True)  # a dead writer's of the same PID
+    os.mkdir(folder)
     try:
         files = {}
         for fmt, q in wanted:

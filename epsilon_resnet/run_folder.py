@@ -28,6 +28,7 @@ import re
 import shutil
 
 from epsilon_resnet import config as config_lib
+from epsilon_resnet.atomic import write_atomic
 from epsilon_resnet.errors import CheckpointError, RunError
 
 logger = logging.getLogger("epsilon_resnet")
@@ -40,8 +41,8 @@ LOG_FILE = "log.log"
 METRICS_FILE = "metrics.jsonl"
 EVALUATION_FILE = "evaluation.json"
 LOCK_FILE = ".lock"
-# What write_new_file and checkpoints.write_checkpoint write before renaming:
-# folder/name.tmp-<pid>, folder/.name.tmp-XXXX/.
+# The temporaries atomic.temporary_path names (folder/name.tmp-<pid>, a file or a checkpoint's
+# folder), and those of earlier versions' checkpoint writer (folder/.name.tmp-XXXX/).
 TEMPORARY = re.compile(r"(.+\.tmp-\d+|\..+\.tmp-.+)")
 RECORD_START = '{"epoch"'  # how every metrics record begins (`append_metrics`)
 
@@ -195,19 +196,10 @@ def remove_stale_temporaries(run_dir):
 
 
 def write_new_file(path, text):
-    """Write text to a new file atomically (temporary file, fsync, rename); never replaces one."""
+    """Write text to a new file atomically (`atomic.write_atomic`); never replaces one."""
     if os.path.exists(path):
         raise RunError(f"{path} exists already; it was left untouched")
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, text)
 
 
 # ---- metrics.jsonl ----------------------------------------------------------------------------
@@ -275,13 +267,15 @@ def repair_cut_tail(path):
     kept, _, cut = text.rpartition(b"\n")
     number = kept.count(b"\n") + (2 if kept else 1)
     if _is_json(cut):  # only the newline is missing
-        _replace(path, text + b"\n")
+        write_atomic(path, text + b"\n")
         return f"{path}:{number} lacked its newline; added it"
     saved = next(name for name in (f"{path}.cut-line-{number}" + (f".{k}" if k else "") for k in itertools.count())
                  if not os.path.exists(name))
     with open(saved, "xb") as f:
-        _write_synced(f, cut)
-    _replace(path, kept + b"\n" if kept else b"")
+        f.write(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    write_atomic(path, kept + b"\n" if kept else b"")
     return (f"{path}:{number} was cut short (a write was interrupted); kept lines 1-{number - 1} and moved the "
             f"cut text to {saved}")
 
@@ -292,23 +286,6 @@ def _is_json(data):
     except ValueError:
         return False
     return True
-
-
-def _replace(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            _write_synced(f, data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_synced(f, data):
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
 
 
 # ---- evaluation.json --------------------------------------------------------------------------

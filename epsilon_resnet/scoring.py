@@ -9,7 +9,7 @@ from epsilon_resnet.gate import epsilon_of
 from epsilon_resnet.structures import cifar_resnet
 
 # The original's --eval set BATCH_SIZE = 128 whatever the GPUs (docs/original.md §10); training's
-# validation batch is another (training.eval_batch_size).
+# validation batch is another (config.eval_batch_size).
 EVAL_BATCH_SIZE = 128
 
 

@@ -5,12 +5,13 @@ import os
 import subprocess
 import sys
 
-from benchmarks.provenance import git_state, machine, now, write_atomic
+from epsilon_resnet.atomic import write_atomic
 from epsilon_resnet.errors import Interrupted, RunError, UserError
+from epsilon_resnet.provenance import git_state, machine, now, splice_readme
 from reproduction import NETWORKS, REPO, RESULTS_DIR, RESULTS_NAME, read_text, shown
 from reproduction.ledger import Ledger
 from reproduction.protocol import PROTOCOL, QUICK_PROTOCOL, load_protocol
-from reproduction.report import README_BEGIN, README_END, render_file, splice_readme
+from reproduction.report import README_BEGIN, README_END, README_MARKERS, render_file
 from reproduction.results import build_results, run_record, selection_summary, sha256_file
 from reproduction.runs import final_runs, selection_runs
 from reproduction.scheduler import SCRIPTS, Scheduler
@@ -136,7 +137,7 @@ def main(argv=None):
             json_path, md_path = reproduce(args, command)
             print(read_text(md_path))
         if args.readme:
-            splice_readme(args.readme, read_text(md_path))
+            splice_readme(args.readme, read_text(md_path), README_MARKERS)
     except (UserError, OSError, subprocess.CalledProcessError) as err:
         sys.exit(f"error: {err}")
     print(f"wrote {md_path}{f' and its section of {args.readme}' if args.readme else ''} from {json_path}")

@@ -1,15 +1,16 @@
 """The reproduction's Markdown, a function of the results JSON alone: the hand-written text of
-reproduction/report.md with the numbers, tables and figures filled in; and the README splice."""
+reproduction/report.md with the numbers, tables and figures filled in, and the README's markers of it."""
 import json
 import os
 
-from benchmarks.provenance import write_atomic
+from epsilon_resnet.atomic import write_atomic
 from epsilon_resnet.errors import RunError
 from reproduction import read_text
 from reproduction.results import SCHEMA, in_points, logit_check, logit_check_text
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.md")
 README_BEGIN, README_END = "<!-- reproduction: begin -->", "<!-- reproduction: end -->"
+README_MARKERS = (README_BEGIN, README_END)  # the lines around the reproduction's section of README.md
 
 
 def pct(x):
@@ -198,20 +199,3 @@ def render_file(json_path):
     md_path = os.path.splitext(json_path)[0] + ".md"
     write_atomic(md_path, render_markdown(results))
     return md_path
-
-
-def readme_section(text, readme_path, markers=(README_BEGIN, README_END)):
-    """(start, end) of what lies between the README's two marker lines (by default the reproduction's)."""
-    first, last = markers
-    begin, end = text.find(first + "\n"), text.find(last)
-    if begin < 0 or end < begin:
-        raise RunError(f"{readme_path} has no section between the lines {first!r} and {last!r}: "
-                       "add them where the section goes")
-    return begin + len(first) + 1, end
-
-
-def splice_readme(readme_path, markdown, markers=(README_BEGIN, README_END)):
-    """Put the Markdown between the README's two marker lines, replacing what was there."""
-    text = read_text(readme_path)
-    start, end = readme_section(text, readme_path, markers)
-    write_atomic(readme_path, text[:start] + markdown + text[end:])

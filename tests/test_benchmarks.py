@@ -63,7 +63,7 @@ def test_deployment_benchmark_runs_with_tiny_settings():
 def test_readme_deployment_section_is_the_committed_results_rendered():
     """The README's deployment table is benchmarks/results/deployment.json rendered, unedited."""
     from benchmarks import deployment
-    from reproduction.report import readme_section
+    from epsilon_resnet.provenance import readme_section
 
     with open(os.path.join(RESULTS, "deployment.json"), encoding="utf-8") as f:
         results = json.load(f)

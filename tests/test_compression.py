@@ -11,7 +11,7 @@ import tensorflow as tf
 import yaml
 
 from benchmarks.inference_gate import discard_tolerance
-from epsilon_resnet import checkpoints, compressed_cfg, export, pruning, run_folder
+from epsilon_resnet import checkpoints, compressed_cfg, evaluation, export, pruning, run_folder
 from epsilon_resnet import compression as C
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import data
@@ -61,7 +61,7 @@ def gated_cifar(n, closed):
 
 
 def assert_same_logits(gated, compressed, x):
-    """Equal up to the order of float32 sums (C.LOGIT_TOLERANCE), and not trivially."""
+    """Equal up to the order of float32 sums (evaluation.LOGIT_TOLERANCE), and not trivially."""
     expected = gated(x, training=False)["logits"].numpy()
     difference = np.abs(compressed(x, training=False)["logits"].numpy() - expected).max()
     assert C.logits_equal(difference, np.abs(expected).max()), difference
