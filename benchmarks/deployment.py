@@ -43,7 +43,7 @@ import numpy as np
 from epsilon_resnet import compression, data, export
 from epsilon_resnet.networks import build_resnet
 from epsilon_resnet.provenance import splice_readme
-from epsilon_resnet.structures import cifar_structure, structure_for
+from epsilon_resnet.structures import architecture_for, cifar_resnet
 
 NAME = "deployment"
 SHARES = (0.22, 0.83)
@@ -67,9 +67,9 @@ def removed_blocks(structure, share):
 
 def timed_networks(n, pixel_mean):
     """{name: (plain network, removed blocks)}: full ResNet-(6n+2) and its compressed versions."""
-    structure = cifar_structure(n)
+    structure = cifar_resnet(n, side_output=False)
     keras.utils.set_random_seed(0)
-    gated = build_resnet(structure, 10, epsilon=0.0, side_output=False, pixel_mean=pixel_mean, pixel_scale=1 / 128)
+    gated = build_resnet(structure, 10, epsilon=0.0, pixel_mean=pixel_mean, pixel_scale=1 / 128)
     networks = {}
     for name, share in (("full", 0.0), *((f"removed_{round(s * 100)}%", s) for s in SHARES)):
         discarded = removed_blocks(structure, share) if share else []
@@ -133,7 +133,7 @@ def kept_accuracy(pattern, cifar_data, folder):
         step = int(cfg.rsplit("_", 1)[1].split(".")[0])
         config, source, gated, _ = compression.load_gated(run_dir, step, cifar_data)
         discarded, _ = compression.decide_at_inference(gated)
-        network = compression.compress_model(gated, structure_for(config.model, source.family), discarded)[0]
+        network = compression.compress_model(gated, architecture_for(config.model, source.family), discarded)[0]
         batches = [(x.numpy(), y.numpy()) for x, y in source.eval_dataset(500)]
         report = export_all(network, os.path.join(folder, os.path.basename(run_dir)), batches,
                             export.calibration_from(source))

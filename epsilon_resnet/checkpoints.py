@@ -1,5 +1,5 @@
-"""Checkpoints: writing one atomically, restoring a network from one, and a run's checkpoint
-policy (`RunCheckpoints`). Their names and places in the run folder are `run_folder`'s.
+"""Checkpoints: writing one atomically, restoring a network from one (a run's, or a compressed
+network's from its .cfg), and a run's checkpoint policy (`RunCheckpoints`). Their names and places in the run folder are `run_folder`'s.
 """
 import os
 import re
@@ -11,7 +11,7 @@ import tensorflow as tf
 from epsilon_resnet import data, run_folder
 from epsilon_resnet.atomic import temporary_path
 from epsilon_resnet.errors import CheckpointError, WeightsDoNotFit
-from epsilon_resnet.networks import build_from_config
+from epsilon_resnet.networks import build_from_config, build_resnet
 
 
 def latest_checkpoint(run_dir):
@@ -90,6 +90,13 @@ def load_network(config, checkpoint, data_dir=None, source=None):
     model = build_from_config(config.model, source)
     restore_model(model, checkpoint, exact=False)
     return source, model
+
+
+def load_compressed(spec):
+    """The plain network a compressed_cfg.CompressedSpec describes, with its weights; every weight must fit."""
+    model = build_resnet(spec.architecture, spec.num_classes, name="compressed_resnet")
+    restore_model(model, spec.weights_path, exact=True)
+    return model
 
 
 class RunCheckpoints:

@@ -197,13 +197,6 @@ def publish(run_dir, step, compressed, spec):
     return path
 
 
-def load_compressed(spec):
-    """The plain network a CompressedSpec describes, with its weights; every weight must fit."""
-    model = build_resnet(spec.architecture, spec.num_classes, name="compressed_resnet")
-    checkpoints.restore_model(model, spec.weights_path, exact=True)
-    return model
-
-
 def describe(spec, path):
     """What compressModel did, in a few lines."""
     full, small, check = spec.cost["full"], spec.cost["compressed"], spec.check

@@ -75,6 +75,12 @@ def check_export_dir(export_dir):
         raise RunError(f"`export_dir` {export_dir!r} exists and is not an empty folder; choose a new one")
 
 
+def check_request(export_dir, formats, quantize=None):
+    """Refuse a bad request before any work is done: a used `export_dir`, unknown `formats`, a bad `quantize`."""
+    check_export_dir(export_dir)
+    entries(formats, quantize)
+
+
 def calibration_from(source, count=CALIBRATION_IMAGES, batch_size=100):
     """A Calibration on a seeded sample of `source`'s training images (never test or held-out)."""
     indices, batches = source.training_sample(count, batch_size)
@@ -283,3 +289,13 @@ def export(model, export_dir, formats=("saved_model",), check_batches=(), quanti
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return export_dir, report, lines
+
+
+def export_evaluated(model, source, batch_size, export_dir, formats=("saved_model",), quantize=None):
+    """Export a network that was scored on `source`: the files are checked on its validation
+    images in batches of `batch_size`, int8 calibrated on its training images. Returns the
+    lines to print."""
+    calibration = calibration_from(source) if quantize else None
+    batches = ((x.numpy(), y.numpy()) for x, y in source.eval_dataset(batch_size))
+    path, _, lines = export(model, export_dir, formats, batches, quantize, calibration)
+    return [*lines, f"exported the network to {path}"]

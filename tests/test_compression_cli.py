@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import write_cifar10_python
-from epsilon_resnet import compressed_cfg, compression, data
+from epsilon_resnet import checkpoints, compressed_cfg, compression, data
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.cli import (compress_main, cifar_compressed_main, imagenet_compressed_main, imagenet_main,
@@ -98,7 +98,7 @@ def test_compress_evaluate_and_export_reproduce_the_gated_network(trained, tmp_p
               "np.save('served.npy', logits)\n")
     served = python("-c", script, cwd=tmp_path, pythonpath="")
     assert served.returncode == 0, served.stderr[-3000:]
-    expected = compression.load_compressed(spec)(images)["logits"].numpy()
+    expected = checkpoints.load_compressed(spec)(images)["logits"].numpy()
     np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, rtol=1e-5, atol=1e-5)
 
     # An export folder that is not empty is refused before anything is evaluated.
