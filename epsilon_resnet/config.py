@@ -14,8 +14,8 @@ import yaml
 
 from epsilon_resnet import data
 from epsilon_resnet.errors import ConfigError, FileError, RunError
-from epsilon_resnet.structures import (BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, GATE_SCOPES,
-                                       IMAGENET_DEPTHS, PRECISIONS, architecture_for)
+from epsilon_resnet.structures import (BATCH_NORMS, DATA_FORMATS, EPSILONS, GATE_EMA_DECAY, GATE_INFERENCE_MODES,
+                                       GATE_SCOPES, IMAGENET_DEPTHS, PRECISIONS, architecture_for)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +76,10 @@ class ModelConfig:
     n: typing.Optional[int] = within(">= 1", 18)  # CIFAR/SVHN: depth 6n+2
     depth: typing.Optional[int] = one_of(IMAGENET_DEPTHS, None)  # ImageNet: 18, 34, 50, 101 or 152
     width: int = within(">= 1", 1)  # CIFAR/SVHN: stage widths 16k, 32k, 64k (n 2, width 4: WRN-16-4's shape)
-    epsilon: float = within(">= 0", 2.5)  # a block is discarded when every |F| <= ε
+    epsilon: float = within(EPSILONS, 2.5)  # a block is discarded when every |F| <= ε
     # [[epoch, ε], ...]: ε from the epoch after that one on (tensorpack's timing); empty keeps `epsilon`,
     # and so does a point whose ε is null (the original's later schedule: [[0, 0.0], [150, null]]).
-    epsilon_schedule: list = within(">= 0", default_factory=list, points=True, null_value="model.epsilon, i.e. -e")
+    epsilon_schedule: list = within(EPSILONS, default_factory=list, points=True, null_value="model.epsilon, i.e. -e")
     gated: bool = True                   # False: the standard pre-activation ResNet baseline
     side_output: bool = True
     side_loss_weight: float = within(">= 0", 0.1)

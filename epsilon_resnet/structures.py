@@ -20,6 +20,7 @@ BATCH_NORMS = ("fused", "keras")  # TensorFlow's fused kernel (batch_norm.py), o
 # (model.gate_inference): from what training stored in it (the default), or per evaluated
 # batch as the original's did.
 GATE_EMA_DECAY = 0.95
+EPSILONS = ">= 0"  # the thresholds ε a gate takes (model.epsilon and its schedule)
 GATE_INFERENCE_MODES = ("stored", "per_batch")
 # Over which images a training step's gate decides (model.gate_scope): the global batch, all
 # replicas together, or each replica's own share, as the original's towers did.

@@ -10,7 +10,7 @@ import pytest
 from epsilon_resnet import export
 from epsilon_resnet.errors import RunError, UserError
 from epsilon_resnet.networks import build_resnet
-from epsilon_resnet.structures import cifar_structure
+from epsilon_resnet.structures import cifar_resnet
 
 FILES = {("saved_model", None): "saved_model", ("onnx", None): "onnx/{}.onnx", ("litert", None): "litert/{}.tflite",
          ("litert", "int8"): "litert_int8/{}.tflite"}
@@ -23,7 +23,7 @@ def pixels(count, seed):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """ResNet-8 (trained BN statistics) exported once to every format, int8 included."""
-    model = build_resnet(cifar_structure(1), 10, gated=False, side_output=False, pixel_mean=120.0,
+    model = build_resnet(cifar_resnet(1, gated=False, side_output=False), 10, pixel_mean=120.0,
                          pixel_scale=1 / 128)
     for seed in range(3):  # moving BN statistics away from their start
         model(pixels(8, seed), training=True)
