@@ -47,8 +47,8 @@ def checkpoint_report(config, path):
 class CompressedEvaluation:
     """A compressed network scored on its validation set, and the lines to print about it."""
     spec: compressed_cfg.CompressedSpec
-    model: "keras.Model"
-    source: "data.source.DataSource"
+    model: object  # the keras.Model
+    source: object  # its data source (data.source.DataSource)
     errors: dict
     lines: list
 

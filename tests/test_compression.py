@@ -11,7 +11,7 @@ import tensorflow as tf
 import yaml
 
 from benchmarks.inference_gate import discard_tolerance
-from epsilon_resnet import checkpoints, compressed_cfg, evaluation, export, pruning, run_folder
+from epsilon_resnet import checkpoints, compressed_cfg, export, pruning, run_folder
 from epsilon_resnet import compression as C
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import data

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import write_cifar10_python
-from epsilon_resnet import checkpoints, compressed_cfg, compression, data
+from epsilon_resnet import checkpoints, compressed_cfg, data
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.cli import (compress_main, cifar_compressed_main, imagenet_compressed_main, imagenet_main,
