@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from epsilon_resnet import batch_norm, checkpoints, compressed_cfg, pruning, run_folder
 from epsilon_resnet import config as config_lib
+from epsilon_resnet.atomic import is_temporary
 from epsilon_resnet.compressed_cfg import CompressedSpec
 from epsilon_resnet.errors import CompressionError
 from epsilon_resnet.evaluation import logit_tolerance, logits_equal, run_batches, top_k_wrong
@@ -168,7 +169,7 @@ def compress_run(directory, step, check_batches=None, data_dir=None, source=None
 def refuse_existing_outputs(run_dir, step):
     """Refuse to compress a step twice (a killed run's temporaries do not count: `publish` removes them)."""
     existing = sorted(f for f in os.listdir(run_dir) if f.startswith(run_folder.compressed_name(step) + ".")
-                      and not run_folder.TEMPORARY.fullmatch(f))
+                      and not is_temporary(f))
     if existing:
         raise CompressionError(f"{run_dir} already holds {existing}; remove them to compress step {step} again")
 

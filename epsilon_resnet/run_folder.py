@@ -24,11 +24,10 @@ import itertools
 import json
 import logging
 import os
-import re
 import shutil
 
 from epsilon_resnet import config as config_lib
-from epsilon_resnet.atomic import write_atomic
+from epsilon_resnet.atomic import is_temporary, write_atomic
 from epsilon_resnet.errors import CheckpointError, RunError
 
 logger = logging.getLogger("epsilon_resnet")
@@ -41,9 +40,6 @@ LOG_FILE = "log.log"
 METRICS_FILE = "metrics.jsonl"
 EVALUATION_FILE = "evaluation.json"
 LOCK_FILE = ".lock"
-# The temporaries atomic.temporary_path names (folder/name.tmp-<pid>, a file or a checkpoint's
-# folder), and those of earlier versions' checkpoint writer (folder/.name.tmp-XXXX/).
-TEMPORARY = re.compile(r"(.+\.tmp-\d+|\..+\.tmp-.+)")
 RECORD_START = '{"epoch"'  # how every metrics record begins (`append_metrics`)
 
 
@@ -191,7 +187,7 @@ def remove_stale_temporaries(run_dir):
     for folder in (run_dir, os.path.join(run_dir, KEPT_FOLDER)):
         for name in os.listdir(folder) if os.path.isdir(folder) else ():
             path = os.path.join(folder, name)
-            if TEMPORARY.fullmatch(name):
+            if is_temporary(name):
                 shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
 
 
