@@ -259,7 +259,7 @@ def render_markdown(result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--n", type=int, default=18, help="CIFAR ResNet depth 6n+2 of the timed networks (18: ResNet-110)")
     parser.add_argument("--minutes", type=float, default=5.0, help="time budget of the timed rounds")
     parser.add_argument("--rounds", type=int, default=1000, help="timed rounds at most")
