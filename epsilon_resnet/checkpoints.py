@@ -1,5 +1,6 @@
 """Checkpoints: writing one atomically, restoring a network from one (a run's, or a compressed
-network's from its .cfg), and a run's checkpoint policy (`RunCheckpoints`). Their names and places in the run folder are `run_folder`'s.
+network's from its .cfg), and a run's checkpoint policy (`RunCheckpoints`). Their names and
+places in the run folder are `run_folder`'s.
 """
 import os
 import re
