@@ -5,8 +5,8 @@ The step time with a share f of the gates closed comes from `results/closed_bloc
 between the measured points by linear interpolation. A run's closure curve is the fraction of
 its gated blocks closed at each epoch end (`discarded_cnt` / blocks), here from the ε-ResNet
 runs of `reproduction/results/cifar10_reproduction.json` (--reproduction); an epoch costs the
-mean of the ratios at its two ends (the curve starts at 0). A run's time with the skip, over its time without, is the mean of
-its epochs' costs.
+mean of the ratios at its two ends (the curve starts at 0). A run's time with the skip, over
+its time without, is the mean of its epochs' costs.
 
 The repository holds no 1000-epoch run, so the paper's runs are read through the same curve
 drawn against the share of training done (the schedules here are the paper's, shortened), once
