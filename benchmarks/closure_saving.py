@@ -4,16 +4,19 @@ The step time with a share f of the gates closed comes from `results/closed_bloc
 (ε-ResNet-110, batch 128: measured ratios over all-open at f = 0 and three shares), read
 between the measured points by linear interpolation. A run's closure curve is the fraction of
 its gated blocks closed at each epoch end (`discarded_cnt` / blocks), here from the ε-ResNet
-runs of `reproduction/results/cifar10_reproduction.json`; an epoch costs the mean of the ratios at its two
-ends (the curve starts at 0). A run's time with the skip, over its time without, is the mean of
-its epochs' costs.
+runs of `reproduction/results/cifar10_reproduction.json` (--reproduction); an epoch costs the
+mean of the ratios at its two ends (the curve starts at 0). A run's time with the skip, over
+its time without, is the mean of its epochs' costs.
 
 The repository holds no 1000-epoch run, so the paper's runs are read through the same curve
 drawn against the share of training done (the schedules here are the paper's, shortened), once
 as measured and once scaled so that it ends at the paper's final closed share (22% of
 ResNet-110's blocks; 83% of the 752-layer network's, read with ResNet-110's ratios).
 
-    python -m benchmarks.closure_saving
+    python -m benchmarks.closure_saving [--reproduction reproduction/results/cifar10_reproduction.json]
+
+The reproduction's results are read as a file: benchmarks and the reproduction are clients of
+the package, never of each other.
 """
 import argparse
 import json
@@ -22,10 +25,12 @@ import sys
 
 import numpy as np
 
-from benchmarks import provenance
-from reproduction import RESULTS_DIR, RESULTS_NAME
+from benchmarks import REPO, RESULTS_DIR
+from epsilon_resnet import provenance
+from epsilon_resnet.atomic import write_atomic
 
 NAME = "closure_saving"
+REPRODUCTION = os.path.join(REPO, "reproduction", "results", "cifar10_reproduction.json")  # the committed one
 PAPER_FINAL_SHARES = {"ResNet-110 (22% closed)": 0.22, "752 layers (83% closed)": 0.83}
 
 
@@ -67,10 +72,13 @@ def savings(closed_blocks, reproduction):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
-    parser.parse_args(argv)
-    with open(os.path.join(provenance.RESULTS_DIR, "closed_blocks.json")) as f:
+    parser.add_argument("--reproduction", default=REPRODUCTION, metavar="JSON",
+                        help="the reproduction's results file, whose ε-ResNet runs give the closure curves "
+                             "(default: the committed one)")
+    args = parser.parse_args(argv)
+    with open(os.path.join(RESULTS_DIR, "closed_blocks.json")) as f:
         closed_blocks = json.load(f)
-    with open(os.path.join(RESULTS_DIR, f"{RESULTS_NAME}.json")) as f:
+    with open(args.reproduction) as f:
         reproduction = json.load(f)
     result = savings(closed_blocks, reproduction)
     for name, run in result["runs"].items():
@@ -81,8 +89,8 @@ def main(argv=None):
     result = {"benchmark": NAME, "sources": {"closed_blocks": closed_blocks["date"],
                                              "cifar10_reproduction": reproduction["invocation"]["date"]},
               **result, "date": provenance.now(), **provenance.git_state()}
-    path = os.path.join(provenance.RESULTS_DIR, f"{NAME}.json")
-    provenance.write_atomic(path, json.dumps(result, indent=2) + "\n")
+    path = os.path.join(RESULTS_DIR, f"{NAME}.json")
+    write_atomic(path, json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
     return result
 

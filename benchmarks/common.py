@@ -23,9 +23,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from benchmarks import provenance  # noqa: E402
+from benchmarks import RESULTS_DIR  # noqa: E402
 from epsilon_resnet import config as config_lib  # noqa: E402
-from epsilon_resnet import runtime, training  # noqa: E402
+from epsilon_resnet import provenance, runtime, training  # noqa: E402
+from epsilon_resnet.atomic import write_atomic  # noqa: E402
 from epsilon_resnet.data import augment  # noqa: E402
 from epsilon_resnet.data.source import ArraySource  # noqa: E402
 
@@ -243,7 +244,7 @@ def finish(name, parser, args, result, watch):
              else "")
           + (": SHARED machine" if machine["shared"] else ": not shared"))
     if is_default(parser, args):
-        path = os.path.join(provenance.RESULTS_DIR, f"{name}.json")
-        provenance.write_atomic(path, json.dumps(result, indent=2) + "\n")
+        path = os.path.join(RESULTS_DIR, f"{name}.json")
+        write_atomic(path, json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
     return result

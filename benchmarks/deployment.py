@@ -36,15 +36,15 @@ import sys
 import tempfile
 import time
 
-from benchmarks import common, provenance  # common first: it quietens TensorFlow's C++ log
+from benchmarks import REPO, RESULTS_DIR, common  # common first: it quietens TensorFlow's C++ log
 
 import keras
 import numpy as np
 
 from epsilon_resnet import compression, data, export
 from epsilon_resnet.networks import build_resnet
+from epsilon_resnet.provenance import splice_readme
 from epsilon_resnet.structures import architecture_for, cifar_resnet
-from reproduction.report import splice_readme
 
 NAME = "deployment"
 SHARES = (0.22, 0.83)
@@ -296,10 +296,10 @@ def main(argv=None):
                              f"{SUMMARY_PAGE}, each between its deployment markers")
     args = parser.parse_args(argv)
     if args.render:
-        with open(os.path.join(provenance.RESULTS_DIR, f"{NAME}.json"), encoding="utf-8") as f:
+        with open(os.path.join(RESULTS_DIR, f"{NAME}.json"), encoding="utf-8") as f:
             result = json.load(f)
         for page, render in ((REPORT_PAGE, render_markdown), (SUMMARY_PAGE, render_summary)):
-            splice_readme(os.path.join(provenance.REPO, page), render(result), MARKERS)
+            splice_readme(os.path.join(REPO, page), render(result), MARKERS)
         return print(f"rendered results/{NAME}.json into {REPORT_PAGE} and {SUMMARY_PAGE}")
     watch = common.MachineWatch()
     cifar = data.get_source("cifar10", args.cifar_data)

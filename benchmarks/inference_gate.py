@@ -21,7 +21,7 @@ evaluation batch sizes 1, 10 and 128.
 
     python benchmarks/inference_gate.py --run train_log.gate-rule --data DIR   # the run of configs/cifar10-gate-rule.yaml
 
-writes benchmarks/results/inference_gate.json (date, commit, machine: benchmarks/provenance.py).
+writes benchmarks/results/inference_gate.json (date, commit, machine: epsilon_resnet/provenance.py).
 """
 import argparse
 import json
@@ -35,14 +35,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks import provenance  # noqa: E402
-from epsilon_resnet import checkpoints, compression, run_folder  # noqa: E402
+from benchmarks import RESULTS_DIR  # noqa: E402
+from epsilon_resnet import checkpoints, compression, provenance, run_folder  # noqa: E402
+from epsilon_resnet.atomic import write_atomic  # noqa: E402
 from epsilon_resnet.evaluation import Evaluator  # noqa: E402
 from epsilon_resnet.gate import gate_is_open, gates_of, per_batch_inference, residual_input  # noqa: E402
 from epsilon_resnet.run_folder import read_metrics  # noqa: E402
 from epsilon_resnet.structures import architecture_for  # noqa: E402
 
-RESULTS = os.path.join(provenance.REPO, "benchmarks", "results", "inference_gate.json")
+RESULTS = os.path.join(RESULTS_DIR, "inference_gate.json")
 BATCH_SIZES = (1, 10, 128)
 JUDGED_AT = 128       # the paper's evaluation batch size: the per-batch reference
 LAST_BATCHES = 20     # K of the "last K batches" candidates
@@ -163,7 +164,7 @@ def main(argv=None):
               "judged_at_batch": JUDGED_AT, "last_batches": LAST_BATCHES, "checkpoints": judged,
               "error_by_batch_size": {"step": steps[-1], **{str(k): v for k, v in by_batch.items()}},
               "date": provenance.now(), **provenance.git_state(), "machine": provenance.machine()}
-    provenance.write_atomic(args.results, json.dumps(result, indent=1) + "\n")
+    write_atomic(args.results, json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.results}")
 
 

@@ -1,5 +1,5 @@
 """Checkpoints: writing one atomically, finding a run's newest complete one, restoring a network
-from one, and a run's checkpoint policy (`RunCheckpoints`). Their names and places in the run
+from one (a run's, or a compressed network's from its .cfg), and a run's checkpoint policy (`RunCheckpoints`). Their names and places in the run
 folder are `run_folder`'s.
 
 A run's checkpoints are the model-<step> files themselves: a checkpoint is complete when its
@@ -21,8 +21,9 @@ import tensorflow as tf
 from google.protobuf import text_format
 
 from epsilon_resnet import data, run_folder
+from epsilon_resnet.atomic import temporary_path, write_atomic
 from epsilon_resnet.errors import CheckpointError, WeightsDoNotFit
-from epsilon_resnet.networks import build_from_config
+from epsilon_resnet.networks import build_from_config, build_resnet
 
 
 @contextlib.contextmanager
@@ -43,7 +44,7 @@ def file_errors_as_os_errors(path):
 def write_checkpoint(checkpoint, folder, name):
     """Write `checkpoint` as folder/name.* without ever showing a half-written one.
 
-    The files are written into a temporary folder beside them (run_folder.temporary_path)
+    The files are written into a temporary folder beside them (atomic.temporary_path)
     and moved into place with the .index last (the index names the data files, so a reader
     never finds an index without its data). An existing checkpoint (its .index) is never
     replaced; .data files without an .index are the rest of an interrupted write of this
@@ -53,7 +54,7 @@ def write_checkpoint(checkpoint, folder, name):
     path = os.path.join(folder, name)
     if os.path.lexists(path + ".index"):
         raise CheckpointError(f"{path} exists already; it was left untouched")
-    tmp = run_folder.temporary_path(path)
+    tmp = temporary_path(path)
     os.mkdir(tmp)
     try:
         with file_errors_as_os_errors(path):
@@ -189,6 +190,13 @@ def load_network(config, checkpoint, data_dir=None, source=None):
     return source, model
 
 
+def load_compressed(spec):
+    """The plain network a compressed_cfg.CompressedSpec describes, with its weights; every weight must fit."""
+    model = build_resnet(spec.architecture, spec.num_classes, name="compressed_resnet")
+    restore_model(model, spec.weights_path, exact=True)
+    return model
+
+
 class Rotation(tf.train.experimental.PythonState):
     """The rotation's state, saved inside each checkpoint (so the files, not the `checkpoint`
     hint, carry it): the recent checkpoints [name, time] after this save, the time of the last
@@ -281,8 +289,8 @@ class RunCheckpoints:
         state = tf.compat.v1.train.generate_checkpoint_state_proto(  # paths written relative to run_dir
             self.run_dir, os.path.join(self.run_dir, latest), [os.path.join(self.run_dir, n) for n, _ in recent],
             [when for _, when in recent], self.rotation.values["last_preserved"])
-        run_folder.replace_file(os.path.join(self.run_dir, run_folder.CHECKPOINT_HINT),
-                                text_format.MessageToString(state).encode())
+        write_atomic(os.path.join(self.run_dir, run_folder.CHECKPOINT_HINT),
+                     text_format.MessageToString(state).encode())
 
     def restore(self, path):
         """Every object from a full checkpoint of this run; then what its save rotated out and

@@ -8,26 +8,26 @@ import argparse
 import contextlib
 import errno
 import os
+import re
 import sys
 
 from epsilon_resnet import console, data, distribute, export, run_folder
-from epsilon_resnet.errors import ConfigError, UserError, WeightsDoNotFit
+from epsilon_resnet.errors import ConfigError, UserError
 from epsilon_resnet.structures import DATA_FORMATS, GATE_INFERENCE_MODES, GATE_SCOPES, IMAGENET_DEPTHS
 
 DATA_FORMAT_FLAGS = dict(zip(("NHWC", "NCHW"), DATA_FORMATS))  # the original's flag values
 IMAGENET_DATASETS = tuple(name for name in data.DATASETS if data.family_of(name) == "imagenet")
-# The library names its arguments in backquotes; on the command line they are these flags.
-FLAG_WORDS = {"`resume`": "--resume", "`load`": "--load", "`run_dir`": "output name (-o)", "`directory`": "--dir",
-              "`check_batches`": "--check-batches", "`export_dir`": "--export", "`cpu_replicas`": "--cpu-replicas",
-              "`gpus`": "--gpu", "`size`": "-n", "`datasets` are": "this command evaluates",
-              "`formats`": "--format", "`quantize`": "--quantize"}
+# The library names its arguments (and config keys) in backquotes; on the command line they are these flags.
+FLAGS = {"resume": "--resume", "load": "--load", "run_dir": "output name (-o)", "directory": "--dir",
+         "check_batches": "--check-batches", "export_dir": "--export", "cpu_replicas": "--cpu-replicas",
+         "gpus": "--gpu", "size": "-n", "model.n": "-n", "model.depth": "-d", "formats": "--format",
+         "quantize": "--quantize"}
+BACKQUOTED = re.compile(r"`([\w.]+)`")
 
 
 def in_flags(message):
-    """A library message in the command line's words."""
-    for words, flag in FLAG_WORDS.items():
-        message = message.replace(words, flag)
-    return message
+    """A library message in the command line's words: each backquoted argument that is a flag here becomes it."""
+    return BACKQUOTED.sub(lambda name: FLAGS.get(name[1], name[0]), message)
 
 
 def fail(message):
@@ -168,7 +168,10 @@ def run_training(args, config, default_output):
     from epsilon_resnet import training
 
     if args.eval:
-        return score_checkpoint(config, args.load)
+        from epsilon_resnet import scoring
+
+        print("\n".join(scoring.checkpoint_report(config, args.load)))
+        return
     run_dir = run_folder.run_dir_of(args.output or default_output(config))
     training.train_and_evaluate(config, run_dir, load=args.load, resume=args.resume,
                                 strategy=distribute.make_strategy(args.cpu_replicas))
@@ -243,21 +246,6 @@ def require_gpu_for_nchw():
              "Use --data_format NHWC.")
 
 
-def score_checkpoint(config, path):
-    """--eval: print a checkpoint's validation errors."""
-    from epsilon_resnet import scoring
-
-    try:
-        errors, what = scoring.score_checkpoint(config, path)
-    except WeightsDoNotFit as err:
-        fail(f"{err}; {'-d' if config.model.depth else '-n'} must be the run's")
-    print(what)
-    print(f"top-1 error: {errors['val_error']:.6f}")
-    if "val_error_top5" in errors:
-        print(f"top-5 error: {errors['val_error_top5']:.6f}")
-    print(f"val_cost: {errors['val_cost']:.6f}")
-
-
 # ---- compression -----------------------------------------------------------------------------
 def compress_main(argv=None):
     parser = argparse.ArgumentParser(description="Compress an ε-ResNet run at a step: remove the blocks closed at "
@@ -307,32 +295,20 @@ def add_export_flags(parser):
 
 
 def run_evaluation(args, datasets, size=None, output=None):
-    """Evaluate a .cfg's network on its whole validation set, print the error (top-1 and top-5
-    for ImageNet), and maybe write evaluation.json (-o) and the exports (--export)."""
+    """Evaluate a .cfg's network (scoring.evaluate_compressed) and, with --export, export it."""
     if (args.format or args.quantize) and not args.export:
         fail("--format and --quantize say what --export DIR writes: add --export DIR")
+    formats = args.format or ["saved_model"]
     with command(args):
         from epsilon_resnet import scoring
 
-        formats = args.format or ["saved_model"]
         if args.export:
-            export.check_export_dir(args.export)
-            export.entries(formats, args.quantize)
-        spec, model = scoring.load_compressed_for(args.cfg, datasets, size)
-        source = scoring.source_of(spec, args.data)
-        errors = scoring.score_compressed(spec, model, source)
-        if data.family_of(spec.dataset) == "imagenet":
-            print(f"Top-1 error: {errors['val_error']}\nTop-5 error: {errors['val_error_top5']}")
-        else:
-            print(f"Error: {errors['val_error']}")
-        if output:
-            print(f"wrote {run_folder.write_evaluation(output, {'cfg': os.path.abspath(args.cfg), **errors})}")
+            export.check_request(args.export, formats, args.quantize)
+        evaluated = scoring.evaluate_compressed(args.cfg, datasets, size, args.data, output)
+        print("\n".join(evaluated.lines))
         if args.export:
-            calibration = export.calibration_from(source) if args.quantize else None
-            batches = ((x.numpy(), y.numpy()) for x, y in source.eval_dataset(spec.eval_batch_size))
-            path, _, lines = export.export(model, args.export, formats, batches, args.quantize, calibration)
-            print("\n".join(lines))
-            print(f"exported the network to {path}")
+            print("\n".join(export.export_evaluated(evaluated.model, evaluated.source, evaluated.spec.eval_batch_size,
+                                                    args.export, formats, args.quantize)))
 
 
 def cifar_compressed_main(argv=None):

@@ -27,17 +27,13 @@ from epsilon_resnet import batch_norm, checkpoints, compressed_cfg, pruning, run
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.compressed_cfg import CompressedSpec
 from epsilon_resnet.errors import CompressionError, Interrupted
-from epsilon_resnet.evaluation import run_batches, top_k_wrong
+from epsilon_resnet.evaluation import logit_tolerance, logits_equal, run_batches, top_k_wrong
 from epsilon_resnet.gate import CLOSED_AT_INFERENCE, gates_of, per_batch_inference
 from epsilon_resnet.networks import build_resnet, network_parts
 from epsilon_resnet.signals import StopRequest
 from epsilon_resnet.structures import architecture_for
-from epsilon_resnet.training import eval_batch_size
 
 DECISION = f"closed at inference: is_discarded moving average >= {CLOSED_AT_INFERENCE:g}"
-# Equal logits: both networks run the same operations on the same weights, and only the order
-# in which a kernel sums may differ (another graph, another batch size): |Δ| <= this × max(1, max|logit|).
-LOGIT_TOLERANCE = 1e-5
 # A gate whose recent training steps disagree this much (its average between 0.1 and 0.9) is reported.
 FLICKERING = 0.1
 
@@ -93,19 +89,10 @@ def network_cost(model):
 
 
 # ---- the check ------------------------------------------------------------------------------
-def logit_tolerance(largest):
-    """The largest |logit difference| that counts as equal, for logits up to `largest` in size."""
-    return LOGIT_TOLERANCE * max(1.0, largest)
-
-
-def logits_equal(difference, largest):
-    return difference <= logit_tolerance(largest)
-
-
 def lossless_check(gated, compressed, batches, stop=None):
     """Run the gated network (at inference, and with per-batch gates) and the compressed one on
     the same batches: the image count, the largest |logit difference| between gated and
-    compressed, whether that is within LOGIT_TOLERANCE, and the three errors. stop: a
+    compressed, whether that is within `evaluation.logit_tolerance`, and the three errors. stop: a
     signals.StopRequest that ends the check at the next batch (Interrupted)."""
     @tf.function(reduce_retracing=True)
     def step(images, labels):
@@ -178,7 +165,7 @@ def _compress(run_dir, step, check_batches, data_dir, source, stop):
     record = record_at_step(run_folder.read_metrics(run_dir), step)
     config, source, gated, checkpoint = load_gated(run_dir, step, data_dir, source)
     # Compression runs on one device: a null eval batch is the run's training batch on one GPU.
-    config = config_lib.replace(config, **{"train.eval_batch_size": eval_batch_size(config.train, 1)})
+    config = config_lib.replace(config, **{"train.eval_batch_size": config_lib.eval_batch_size(config.train, 1)})
     discarded, flickering = decide_at_inference(gated)
     check_data = source.eval_dataset(config.train.eval_batch_size)
     if check_batches is not None:
@@ -242,13 +229,6 @@ def publish(run_dir, step, compressed, spec):
             os.remove(file)
         raise
     return path
-
-
-def load_compressed(spec):
-    """The plain network a CompressedSpec describes, with its weights; every weight must fit."""
-    model = build_resnet(spec.architecture, spec.num_classes, name="compressed_resnet")
-    checkpoints.restore_model(model, spec.weights_path, exact=True)
-    return model
 
 
 def describe(spec, path):

@@ -13,9 +13,9 @@ import typing
 import yaml
 
 from epsilon_resnet import data
-from epsilon_resnet.errors import ConfigError, FileError
-from epsilon_resnet.structures import (BATCH_NORMS, DATA_FORMATS, GATE_EMA_DECAY, GATE_INFERENCE_MODES, GATE_SCOPES,
-                                       IMAGENET_DEPTHS, PRECISIONS, architecture_for)
+from epsilon_resnet.errors import ConfigError, FileError, RunError
+from epsilon_resnet.structures import (BATCH_NORMS, DATA_FORMATS, EPSILONS, GATE_EMA_DECAY, GATE_INFERENCE_MODES,
+                                       GATE_SCOPES, IMAGENET_DEPTHS, PRECISIONS, architecture_for)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +76,10 @@ class ModelConfig:
     n: typing.Optional[int] = within(">= 1", 18)  # CIFAR/SVHN: depth 6n+2
     depth: typing.Optional[int] = one_of(IMAGENET_DEPTHS, None)  # ImageNet: 18, 34, 50, 101 or 152
     width: int = within(">= 1", 1)  # CIFAR/SVHN: stage widths 16k, 32k, 64k (n 2, width 4: WRN-16-4's shape)
-    epsilon: float = within(">= 0", 2.5)  # a block is discarded when every |F| <= ε
+    epsilon: float = within(EPSILONS, 2.5)  # a block is discarded when every |F| <= ε
     # [[epoch, ε], ...]: ε from the epoch after that one on (tensorpack's timing); empty keeps `epsilon`,
     # and so does a point whose ε is null (the original's later schedule: [[0, 0.0], [150, null]]).
-    epsilon_schedule: list = within(">= 0", default_factory=list, points=True, null_value="model.epsilon, i.e. -e")
+    epsilon_schedule: list = within(EPSILONS, default_factory=list, points=True, null_value="model.epsilon, i.e. -e")
     gated: bool = True                   # False: the standard pre-activation ResNet baseline
     side_output: bool = True
     side_loss_weight: float = within(">= 0", 0.1)
@@ -272,6 +272,26 @@ def epsilon_is_used(model):
     at epoch 0 and every point sets its own ε."""
     schedule = model.epsilon_schedule
     return not any(epoch == 0 for epoch, _ in schedule) or any(eps is None for _, eps in schedule)
+
+
+# ---- the batch rules of TrainConfig -----------------------------------------------------------
+def per_replica_batch(train, replicas):
+    """Images per replica and step. CIFAR/SVHN feed every replica its own batch
+    (train.batch_per_replica, as tensorpack fed each GPU); ImageNet splits one global batch
+    with the original's integer division (256 // 6 = 42 per GPU on 6 GPUs, docs/original.md §10)."""
+    if train.batch_per_replica:
+        return train.batch_size
+    if train.batch_size < replicas:
+        raise RunError(f"the global batch of {train.batch_size} images is smaller than the {replicas} replicas "
+                       f"it is split across; choose a batch size of at least the number of GPUs")
+    return train.batch_size // replicas
+
+
+def eval_batch_size(train, replicas):
+    """train.eval_batch_size, or when it is null the per-replica training batch: tensorpack
+    evaluated on one tower in batches of the per-GPU batch (ImageNet: 256 // number of GPUs,
+    docs/original.md §10), and under the per-batch gate the batch decides which blocks close."""
+    return train.eval_batch_size or per_replica_batch(train, replicas)
 
 
 def read_yaml(path, missing):

@@ -16,6 +16,20 @@ import tensorflow as tf
 from epsilon_resnet.errors import Interrupted, RunError
 from epsilon_resnet.gate import gates_of, per_batch_inference
 
+# Equal logits: two networks run the same operations on the same weights, and only the order
+# in which a kernel sums may differ (another graph, another batch size, another runtime):
+# |Δ| <= this × max(1, max|logit|). Compression's lossless check and the exports' check use it.
+LOGIT_TOLERANCE = 1e-5
+
+
+def logit_tolerance(largest):
+    """The largest |logit difference| that counts as equal, for logits up to `largest` in size."""
+    return LOGIT_TOLERANCE * max(1.0, largest)
+
+
+def logits_equal(difference, largest):
+    return difference <= logit_tolerance(largest)
+
 
 def top_k_wrong(logits, labels, k=1):
     """1.0 for each example whose label is not among its k largest logits, else 0.0."""

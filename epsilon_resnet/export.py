@@ -15,7 +15,7 @@ any size, and returns logits.
 
 Everything is written into a temporary sibling folder, every file is loaded in its runtime and
 run on the check images next to the Keras network, and only when every float file gives the
-network's logits (within `compression.logit_tolerance`) is the folder renamed into place;
+network's logits (within `evaluation.logit_tolerance`) is the folder renamed into place;
 otherwise it is removed and a RunError says which file differs by how much. The int8 files are
 not expected to give the float logits: their error and largest difference are reported, never
 used to accept or refuse anything.
@@ -27,7 +27,7 @@ import shutil
 
 import numpy as np
 
-from epsilon_resnet import run_folder
+from epsilon_resnet.atomic import temporary_path
 from epsilon_resnet.errors import RunError, UserError
 
 # Keras and TensorFlow are imported inside the functions: the command lines read the names
@@ -73,6 +73,12 @@ def check_export_dir(export_dir):
     """Refuse a file, or a folder with anything in it."""
     if os.path.exists(export_dir) and (not os.path.isdir(export_dir) or os.listdir(export_dir)):
         raise RunError(f"`export_dir` {export_dir!r} exists and is not an empty folder; choose a new one")
+
+
+def check_request(export_dir, formats, quantize=None):
+    """Refuse a bad request before any work is done: a used `export_dir`, unknown `formats`, a bad `quantize`."""
+    check_export_dir(export_dir)
+    entries(formats, quantize)
 
 
 def calibration_from(source, count=CALIBRATION_IMAGES, batch_size=100):
@@ -192,7 +198,7 @@ def check_files(network, files, batches):
     """Run every file {(format, quantize, dtype): path} on the batches of (float32 images,
     labels or None) beside the Keras network; per file the images, the largest |logit
     difference|, the tolerance, whether it passes and the error (None without labels)."""
-    from epsilon_resnet import compression
+    from epsilon_resnet.evaluation import logit_tolerance
 
     runners = {key: load_runner(key[0], path, threads=os.cpu_count()) for key, path in files.items()}
     stats = {key: {"max_diff": 0.0, "largest": 0.0, "wrong": 0, "images": 0} for key in files}
@@ -221,7 +227,7 @@ def check_files(network, files, batches):
             entry["images"] += len(images)
     report = {}
     for key, entry in stats.items():
-        tolerance = compression.logit_tolerance(entry["largest"])
+        tolerance = logit_tolerance(entry["largest"])
         report[key] = {"file": files[key], "images": entry["images"], "max_abs_logit_difference": entry["max_diff"],
                        "tolerance": None if key[1] else tolerance,
                        "matches": True if key[1] else entry["max_diff"] <= tolerance,
@@ -262,7 +268,7 @@ def export(model, export_dir, formats=("saved_model",), check_batches=(), quanti
     os.makedirs(os.path.dirname(export_dir), exist_ok=True)
     from epsilon_resnet import checkpoints
 
-    folder = run_folder.temporary_path(export_dir)
+    folder = temporary_path(export_dir)
     os.mkdir(folder)
     try:
         files = {}
@@ -285,3 +291,13 @@ def export(model, export_dir, formats=("saved_model",), check_batches=(), quanti
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return export_dir, report, lines
+
+
+def export_evaluated(model, source, batch_size, export_dir, formats=("saved_model",), quantize=None):
+    """Export a network that was scored on `source`: the files are checked on its validation
+    images in batches of `batch_size`, int8 calibrated on its training images. Returns the
+    lines to print."""
+    calibration = calibration_from(source) if quantize else None
+    batches = ((x.numpy(), y.numpy()) for x, y in source.eval_dataset(batch_size))
+    path, _, lines = export(model, export_dir, formats, batches, quantize, calibration)
+    return [*lines, f"exported the network to {path}"]

@@ -25,11 +25,10 @@ import itertools
 import json
 import logging
 import os
-import re
-import secrets
 import shutil
 
 from epsilon_resnet import config as config_lib
+from epsilon_resnet.atomic import temporary_writer, write_atomic
 from epsilon_resnet.errors import CheckpointError, FileError, RunError
 from epsilon_resnet.structures import GATE_METRICS, IS_DISCARDED  # noqa: F401 (the metric keys' names)
 
@@ -44,10 +43,6 @@ LOG_FILE = "log.log"
 METRICS_FILE = "metrics.jsonl"
 EVALUATION_FILE = "evaluation.json"
 LOCK_FILE = ".lock"
-# Every file or folder the project writes before renaming it into place is named
-# .<name>.epsilon_resnet-tmp.<writer's PID>.<8 random hex digits> (`temporary_path`), a name no
-# user picks; `remove_stale_temporaries` deletes one only once its writer is gone.
-TEMPORARY = re.compile(r"\.(?P<name>.+)\.epsilon_resnet-tmp\.(?P<pid>\d+)\.[0-9a-f]{8}")
 RECORD_START = '{"epoch"'  # how every metrics record begins (`append_metrics`)
 
 
@@ -185,13 +180,6 @@ def locked(run_dir, purpose, when_held="wait until it ends, or choose another `r
         os.close(fd)
 
 
-def temporary_path(path):
-    """Where to write `path` before renaming it into place: beside it, under the one name
-    `remove_stale_temporaries` recognises (this process's PID and a random tag)."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.epsilon_resnet-tmp.{os.getpid()}.{secrets.token_hex(4)}")
-
-
 def _writer_alive(pid):
     try:
         os.kill(pid, 0)
@@ -203,15 +191,15 @@ def _writer_alive(pid):
 
 
 def remove_stale_temporaries(run_dir):
-    """Delete the temporaries (`TEMPORARY`) of writers that are no longer alive, in the run
+    """Delete the temporaries (`atomic.TEMPORARY`) of writers that are no longer alive, in the run
     folder and its kept/ (call only while holding `locked`). Only regular files and folders
     are deleted, never a symlink or anything it points to; a kept/ that is a symlink is not entered."""
     for folder in (run_dir, os.path.join(run_dir, KEPT_FOLDER)):
         if os.path.islink(folder) or not os.path.isdir(folder):
             continue
         for entry in os.scandir(folder):
-            found = TEMPORARY.fullmatch(entry.name)
-            if not found or entry.is_symlink() or _writer_alive(int(found["pid"])):
+            writer = temporary_writer(entry.name)
+            if writer is None or entry.is_symlink() or _writer_alive(writer):
                 continue
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path)
@@ -223,7 +211,7 @@ def write_new_file(path, text):
     """Write text to a new file atomically (temporary file, fsync, rename); never replaces one."""
     if os.path.lexists(path):
         raise RunError(f"{path} exists already; it was left untouched")
-    replace_file(path, text.encode())
+    write_atomic(path, text)
 
 
 # ---- metrics.jsonl ----------------------------------------------------------------------------
@@ -297,13 +285,15 @@ def repair_cut_tail(path):
     kept, _, cut = text.rpartition(b"\n")
     number = kept.count(b"\n") + (2 if kept else 1)
     if _is_json(cut):  # only the newline is missing
-        replace_file(path, text + b"\n")
+        write_atomic(path, text + b"\n")
         return f"{path}:{number} lacked its newline; added it"
     saved = next(name for name in (f"{path}.cut-line-{number}" + (f".{k}" if k else "") for k in itertools.count())
                  if not os.path.exists(name))
     with open(saved, "xb") as f:
-        _write_synced(f, cut)
-    replace_file(path, kept + b"\n" if kept else b"")
+        f.write(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    write_atomic(path, kept + b"\n" if kept else b"")
     return (f"{path}:{number} was cut short (a write was interrupted); kept lines 1-{number - 1} and moved the "
             f"cut text to {saved}")
 
@@ -314,24 +304,6 @@ def _is_json(data):
     except ValueError:
         return False
     return True
-
-
-def replace_file(path, data):
-    """Write bytes to `path` atomically: a temporary file, fsync, renamed over whatever was there."""
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            _write_synced(f, data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_synced(f, data):
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
 
 
 # ---- evaluation.json --------------------------------------------------------------------------

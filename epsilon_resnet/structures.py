@@ -20,6 +20,7 @@ BATCH_NORMS = ("fused", "keras")  # TensorFlow's fused kernel (batch_norm.py), o
 # (model.gate_inference): from what training stored in it (the default), or per evaluated
 # batch as the original's did.
 GATE_EMA_DECAY = 0.95
+EPSILONS = ">= 0"  # the thresholds ε a gate takes (model.epsilon and its schedule)
 GATE_INFERENCE_MODES = ("stored", "per_batch")
 # The statistics each gate averages (its weights besides ε), under the original's summary
 # names: 1 − gate, max |F| and mean |F|. The metrics of a run carry them per block.

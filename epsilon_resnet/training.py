@@ -53,34 +53,15 @@ class TrainingState(tf.train.experimental.PythonState):
         self.values = {**self.initial(), **json.loads(string_value)}
 
 
-def per_replica_batch(train, replicas):
-    """Images per replica and step. CIFAR/SVHN feed every replica its own batch
-    (train.batch_per_replica, as tensorpack fed each GPU); ImageNet splits one global batch
-    with the original's integer division (256 // 6 = 42 per GPU on 6 GPUs, docs/original.md §10)."""
-    if train.batch_per_replica:
-        return train.batch_size
-    if train.batch_size < replicas:
-        raise RunError(f"the global batch of {train.batch_size} images is smaller than the {replicas} replicas "
-                       f"it is split across; choose a batch size of at least the number of GPUs")
-    return train.batch_size // replicas
-
-
 def global_batch_size(train, replicas):
     """Images per step over all replicas; a global batch that does not split evenly loses its
     remainder, with a warning that names the batch actually trained on."""
-    per_replica = per_replica_batch(train, replicas)
+    per_replica = config_lib.per_replica_batch(train, replicas)
     if not train.batch_per_replica and train.batch_size % replicas:
         logger.warning("the global batch of %d images does not split evenly across %d replicas: each replica "
                        "trains on %d, %d images per step (the original's integer division)",
                        train.batch_size, replicas, per_replica, per_replica * replicas)
     return per_replica * replicas
-
-
-def eval_batch_size(train, replicas):
-    """train.eval_batch_size, or when it is null the per-replica training batch: tensorpack
-    evaluated on one tower in batches of the per-GPU batch (ImageNet: 256 // number of GPUs,
-    docs/original.md §10), and under the per-batch gate the batch decides which blocks close."""
-    return train.eval_batch_size or per_replica_batch(train, replicas)
 
 
 def build_optimizer(train, learning_rate):
@@ -197,7 +178,8 @@ class Trainer:
 
     def validation_errors(self, stop=None):
         """Errors and cost over the validation set (its first train.eval_batches batches, if set)."""
-        batches = self.source.eval_dataset(eval_batch_size(self.config.train, self.strategy.num_replicas_in_sync))
+        replicas = self.strategy.num_replicas_in_sync
+        batches = self.source.eval_dataset(config_lib.eval_batch_size(self.config.train, replicas))
         return self.evaluate(batches, max_batches=self.config.train.eval_batches, stop=stop)
 
     # ---- checkpoints -------------------------------------------------------------------
@@ -370,7 +352,7 @@ def check_fits_in_memory(config, source, replicas):
     """Refuse a network whose training cannot fit in this machine's memory, before it is built
     (a huge -n would hang building the graph)."""
     architecture = structures.architecture_for(config.model, source.family, source.image_shape)
-    batch = per_replica_batch(config.train, replicas)
+    batch = config_lib.per_replica_batch(config.train, replicas)
     needed = structures.training_bytes(architecture, source.image_shape[0], batch)
     available = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if needed > available:

@@ -5,8 +5,9 @@ import os
 import subprocess
 import sys
 
-from benchmarks.provenance import git_state, machine, now, write_atomic
+from epsilon_resnet.atomic import write_atomic
 from epsilon_resnet.errors import Interrupted, RunError, UserError
+from epsilon_resnet.provenance import git_state, machine, now
 from reproduction import NETWORKS, REPO, RESULTS_DIR, RESULTS_NAME, read_text, shown
 from reproduction.ledger import Ledger
 from reproduction.protocol import PROTOCOL, QUICK_PROTOCOL, load_protocol

@@ -12,8 +12,8 @@ presence marks the run done.
 import json
 import os
 
-from benchmarks.provenance import write_atomic
 from epsilon_resnet import compressed_cfg, run_folder
+from epsilon_resnet.atomic import write_atomic
 from reproduction import read_text
 
 SCORES_FILE = "scores.json"

@@ -3,7 +3,7 @@ its other stages; and the rule that a run folder belongs to one config."""
 import json
 import os
 
-from benchmarks.provenance import write_atomic
+from epsilon_resnet.atomic import write_atomic
 from epsilon_resnet.errors import RunError
 from reproduction import kept, read_text
 

@@ -4,13 +4,15 @@ docs/reproduction.md."""
 import json
 import os
 
-from benchmarks.provenance import write_atomic
+from epsilon_resnet.atomic import write_atomic
 from epsilon_resnet.errors import RunError
+from epsilon_resnet.provenance import splice_readme
 from reproduction import REPO, read_text
 from reproduction.results import SCHEMA, in_points, logit_check, logit_check_text
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report.md")
 README_BEGIN, README_END = "<!-- reproduction: begin -->", "<!-- reproduction: end -->"
+README_MARKERS = (README_BEGIN, README_END)  # the lines around the report in docs/reproduction.md
 
 
 def pct(x):
@@ -209,24 +211,7 @@ def render_file(json_path):
     return md_path
 
 
-def readme_section(text, readme_path, markers=(README_BEGIN, README_END)):
-    """(start, end) of what lies between the README's two marker lines (by default the reproduction's)."""
-    first, last = markers
-    begin, end = text.find(first + "\n"), text.find(last)
-    if begin < 0 or end < begin:
-        raise RunError(f"{readme_path} has no section between the lines {first!r} and {last!r}: "
-                       "add them where the section goes")
-    return begin + len(first) + 1, end
-
-
-def splice_readme(readme_path, markdown, markers=(README_BEGIN, README_END)):
-    """Put the Markdown between the README's two marker lines, replacing what was there."""
-    text = read_text(readme_path)
-    start, end = readme_section(text, readme_path, markers)
-    write_atomic(readme_path, text[:start] + markdown + text[end:])
-
-
 def splice_report(doc_path, results):
     """Put the report between a page's two reproduction markers (docs/reproduction.md),
     replacing what was there, its figure links relative to that page."""
-    splice_readme(doc_path, render_markdown(results, os.path.dirname(os.path.abspath(doc_path))))
+    splice_readme(doc_path, render_markdown(results, os.path.dirname(os.path.abspath(doc_path))), README_MARKERS)

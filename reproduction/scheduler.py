@@ -12,8 +12,8 @@ import os
 import subprocess
 import sys
 
-from benchmarks.provenance import now
 from epsilon_resnet import run_folder
+from epsilon_resnet.provenance import now
 from reproduction import REPO, kept, shown
 from reproduction.ledger import claim
 

@@ -22,11 +22,11 @@ import tempfile
 
 from epsilon_resnet import checkpoints, compressed_cfg, compression, run_folder, scoring  # first: a quiet TF import
 from epsilon_resnet import config as config_lib
+from epsilon_resnet.atomic import write_atomic
 from epsilon_resnet.errors import RunError, UserError
 
 import tensorflow as tf  # noqa: E402,I001
 
-from benchmarks.provenance import write_atomic
 from reproduction import REPO, kept
 
 CHECK_KEYS = ("images", "max_abs_logit_difference", "logit_tolerance", "logits_equal", "gated_error",

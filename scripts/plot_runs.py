@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from epsilon_resnet import run_folder  # noqa: E402
+from epsilon_resnet.atomic import temporary_path  # noqa: E402
 
 DPI = 100
 
@@ -61,7 +62,7 @@ def gate_blocks(records):
 
 def save_png(fig, path):
     """Write the figure to a temporary file beside `path`, then rename it: readers never see half a PNG."""
-    tmp = run_folder.temporary_path(path)
+    tmp = temporary_path(path)
     try:
         fig.savefig(tmp, format="png", dpi=DPI)
         os.replace(tmp, path)

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from epsilon_resnet import data
-from epsilon_resnet.cli import cifar_compressed_main, cifar_main, compress_main
+from epsilon_resnet.cli import cifar_compressed_main, cifar_main, compress_main, in_flags
 from epsilon_resnet.data import cifar
 from cli_helpers import exit_code, one_line_error, working_folder, write_tiny_config
 
@@ -32,6 +32,12 @@ def copy_run(compressed, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(compressed, run_dir)
     return run_dir
+
+
+def test_library_messages_get_flags_for_their_backquoted_argument_names_only():
+    """in_flags is a lookup of `name` → flag: no phrase is rewritten, an unknown name stays as it is."""
+    message = "`size` 2 is not `model.depth`; size and `directory`s, `datasets` are cifar10, `other` stays"
+    assert in_flags(message) == "-n 2 is not -d; size and --dirs, `datasets` are cifar10, `other` stays"
 
 
 def test_a_cut_checkpoint_data_file_at_compression_is_named_damaged(compressed, tmp_path, capsys):

@@ -64,7 +64,7 @@ def test_deployment_pages_are_the_committed_results_rendered():
     """docs/deployment.md's report and the README's summary are benchmarks/results/deployment.json
     rendered, unedited."""
     from benchmarks import deployment
-    from reproduction.report import readme_section
+    from epsilon_resnet.provenance import readme_section
 
     with open(os.path.join(RESULTS, "deployment.json"), encoding="utf-8") as f:
         results = json.load(f)

@@ -61,7 +61,7 @@ def gated_cifar(n, closed):
 
 
 def assert_same_logits(gated, compressed, x):
-    """Equal up to the order of float32 sums (C.LOGIT_TOLERANCE), and not trivially."""
+    """Equal up to the order of float32 sums (evaluation.LOGIT_TOLERANCE), and not trivially."""
     expected = gated(x, training=False)["logits"].numpy()
     difference = np.abs(compressed(x, training=False)["logits"].numpy() - expected).max()
     assert C.logits_equal(difference, np.abs(expected).max()), difference
@@ -301,7 +301,7 @@ def test_compress_run_writes_cfg_and_weights_that_round_trip(run, source):
     assert spec.discarded_blocks == tuple(CLOSED)
 
     spec = compressed_cfg.read(cfg_path)
-    model = C.load_compressed(spec)
+    model = checkpoints.load_compressed(spec)
     assert spec.architecture.units() == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1)]
     x = source.images[:4]
     np.testing.assert_allclose(model(x)["logits"].numpy(), gated(x, training=False)["logits"].numpy(), atol=1e-4)
@@ -400,7 +400,7 @@ def test_a_cfg_of_the_earlier_form_loads_with_its_weights_and_computes_its_logit
     assert spec.architecture == cifar_resnet(1, image_shape=(16, 16, 3)).compressed(["res2.0"])
     assert spec.discarded_blocks == ("res2.0",) and spec.step == 7 and spec.decision == C.DECISION
     expected = np.load(os.path.join(os.path.dirname(EARLIER_CFG), "logits.npz"))
-    model = C.load_compressed(spec)
+    model = checkpoints.load_compressed(spec)
     np.testing.assert_array_equal(model(expected["images"], training=False)["logits"].numpy(), expected["logits"])
     assert compressed_cfg.loads(yaml.safe_load(compressed_cfg.dumps(spec)), EARLIER_CFG) == spec  # written anew
 
@@ -431,11 +431,11 @@ def test_weights_that_do_not_fit_the_cfg_are_refused(run, tmp_path):
     wrong = tmp_path / "wrong.cfg"
     wrong.write_text(yaml.safe_dump(raw))
     with pytest.raises(WeightsDoNotFit, match="do not fit the network"):
-        C.load_compressed(compressed_cfg.read(str(wrong)))
+        checkpoints.load_compressed(compressed_cfg.read(str(wrong)))
     raw["architecture"]["removed_blocks"], raw["weights"] = CLOSED, "missing_weights"
     wrong.write_text(yaml.safe_dump(raw))
     with pytest.raises(CheckpointError, match=r"missing_weights.index does not exist"):
-        C.load_compressed(compressed_cfg.read(str(wrong)))
+        checkpoints.load_compressed(compressed_cfg.read(str(wrong)))
 
 
 def test_data_of_another_shape_or_class_count_is_refused(run):

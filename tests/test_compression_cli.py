@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_fixtures import write_cifar10_python
-from epsilon_resnet import compressed_cfg, compression, data
+from epsilon_resnet import checkpoints, compressed_cfg, data, scoring
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.cli import (compress_main, cifar_compressed_main, imagenet_compressed_main, imagenet_main,
@@ -98,7 +98,7 @@ def test_compress_evaluate_and_export_reproduce_the_gated_network(trained, tmp_p
               "np.save('served.npy', logits)\n")
     served = python("-c", script, cwd=tmp_path, pythonpath="")
     assert served.returncode == 0, served.stderr[-3000:]
-    expected = compression.load_compressed(spec)(images)["logits"].numpy()
+    expected = checkpoints.load_compressed(spec)(images)["logits"].numpy()
     np.testing.assert_allclose(np.load(tmp_path / "served.npy"), expected, rtol=1e-5, atol=1e-5)
 
     # An export folder that is not empty is refused before anything is evaluated.
@@ -122,6 +122,19 @@ def test_a_short_all_closed_run_compresses_to_the_network_its_val_error_scored(t
     spec = compressed_cfg.read(str(run_dir / "compressed_model_10.cfg"))
     assert spec.architecture.units() == [(0, 0), (1, 0), (2, 0)]
     assert spec.discarded_blocks == ("res1.0", "res2.0", "res3.0")
+
+
+def test_the_evaluation_script_prints_what_scoring_returns(trained, capsys):
+    """cifarCompressedResnet.py is flags in, scoring.evaluate_compressed out, its lines printed."""
+    work, run_dir, _ = trained
+    cfg = run_dir / "compressed_model_30.cfg"
+    if not cfg.exists():  # this test may run alone
+        assert exit_code(compress_main, "--dir", run_dir, "--step", 30) == 0
+    evaluated = scoring.evaluate_compressed(str(cfg), ("cifar10",), size=1)
+    assert evaluated.lines == [f"Error: {evaluated.errors['val_error']}"] and evaluated.spec.dataset == "cifar10"
+    capsys.readouterr()
+    assert exit_code(cifar_compressed_main, "--cfg", cfg, "--cifar10", "-n", 1) == 0
+    assert capsys.readouterr().out.splitlines() == evaluated.lines
 
 
 def test_the_evaluation_scripts_take_the_original_flags(trained, tmp_path, monkeypatch, capsys):

@@ -326,10 +326,10 @@ def test_a_global_batch_that_does_not_split_evenly_trains_on_its_integer_divisio
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "6 replicas" in warnings[0] and "42, 252 images per step" in warnings[0]
     # tensorpack validated on one tower in batches of the per-GPU training batch
-    assert [training.eval_batch_size(train, gpus) for gpus in (1, 4, 6)] == [256, 64, 42]
+    assert [config_lib.eval_batch_size(train, gpus) for gpus in (1, 4, 6)] == [256, 64, 42]
     cifar = config_lib.shipped("cifar10").train
     assert [training.global_batch_size(cifar, gpus) for gpus in (1, 3)] == [128, 384]
-    assert [training.eval_batch_size(cifar, gpus) for gpus in (1, 3)] == [128, 128]
+    assert [config_lib.eval_batch_size(cifar, gpus) for gpus in (1, 3)] == [128, 128]
     with pytest.raises(training.RunError, match="smaller than the 6 replicas"):
         training.global_batch_size(config_lib.replace(config_lib.shipped("imagenet"),
                                                       **{"train.batch_size": 4}).train, 6)

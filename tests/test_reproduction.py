@@ -15,11 +15,12 @@ from reproduction import REPO, RESULTS_DIR, RESULTS_NAME, scheduler
 from reproduction import __main__ as cli
 from reproduction.__main__ import SAMPLE_DATA
 from reproduction.protocol import QUICK_PROTOCOL, Targets, load_protocol
-from reproduction.report import (README_BEGIN, README_END, count, lr_phases, mean_sd, millions, pct, points,
-                                 readme_section, render_markdown)
+from reproduction.report import (README_BEGIN, README_END, README_MARKERS, count, lr_phases, mean_sd, millions, pct,
+                                 points, render_markdown)
 from reproduction.results import SCHEMA
 from reproduction.selection import SELECTION_RULE, choose_epsilon, stats
 from epsilon_resnet.errors import ConfigError
+from epsilon_resnet.provenance import readme_section
 
 TARGETS = Targets(min_discarded_fraction=0.2, max_error_increase=0.01)
 
@@ -296,7 +297,7 @@ def committed(*path):
 def test_doc_section_is_the_committed_results_rendered():
     """docs/reproduction.md's report is the Markdown of reproduction/results/cifar10_reproduction.json, unedited."""
     results, page = committed(RESULTS_DIR, f"{RESULTS_NAME}.json"), committed("docs", "reproduction.md")
-    start, end = readme_section(page, "docs/reproduction.md")
+    start, end = readme_section(page, "docs/reproduction.md", README_MARKERS)
     assert page[start:end] == render_markdown(results, os.path.join(REPO, "docs"))
     for path in results["figures"]["files"]:
         assert os.path.isfile(os.path.join(REPO, path)), path

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from epsilon_resnet import compressed_cfg, run_folder
+from epsilon_resnet import atomic, compressed_cfg, run_folder
 from epsilon_resnet.compressed_cfg import CompressedSpec
 from epsilon_resnet.errors import RunError
 from epsilon_resnet.structures import cifar_resnet
@@ -124,7 +124,7 @@ def test_every_atomic_writer_writes_under_the_one_temporary_name(tmp_path, monke
     replace = os.replace
     monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(os.path.basename(src)), replace(src, dst)))
     run_folder.write_new_file(str(tmp_path / "a.yaml"), "a: 1\n")
-    run_folder.replace_file(str(tmp_path / "metrics.jsonl"), b"{}\n")
+    atomic.write_atomic(str(tmp_path / "metrics.jsonl"), b"{}\n")
     compressed_cfg.write(str(tmp_path / "compressed_model_3.cfg"), spec())
     assert len(renamed) == 3
-    assert all(run_folder.TEMPORARY.fullmatch(name)["pid"] == str(os.getpid()) for name in renamed), renamed
+    assert all(atomic.TEMPORARY.fullmatch(name)["pid"] == str(os.getpid()) for name in renamed), renamed

@@ -75,7 +75,8 @@ def test_eval_on_the_cifar_and_svhn_scripts_prints_the_checkpoints_errors_and_wr
     assert "train_log.a/model-3: ResNet-8" in printed
     assert snapshot(".") == before and sorted(os.listdir(".")) == entries
     assert run("--eval", "--load", "train_log.a/model-3", "--config", "tiny.yaml", "-n", 2) == 1
-    assert "(ResNet-14, gated=True)" in one_line_error(capsys)
+    error = one_line_error(capsys)
+    assert "(ResNet-14, gated=True)" in error and error.rstrip().endswith("; -n must be the run's")
     for main in (cli.cifar_main, cli.svhn_main):
         assert exit_code(main, "--eval") == 2
         assert "--eval needs --load" in capsys.readouterr().err

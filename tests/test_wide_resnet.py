@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from epsilon_resnet import compressed_cfg, compression, data, pruning
+from epsilon_resnet import checkpoints, compressed_cfg, compression, data, pruning
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.cli import cifar_compressed_main, cifar_main, compress_main
 from epsilon_resnet.config import ModelConfig
@@ -84,5 +84,5 @@ def test_a_wide_resnet_trains_compresses_evaluates_and_exports(tmp_path, monkeyp
     images = next(iter(data.get_source("cifar10", SAMPLE).eval_dataset(16)))[0]
     exported = tf.saved_model.load("exported/saved_model")  # kept while serving: it owns the variables
     served = exported.serve(images).numpy()
-    expected = compression.load_compressed(spec)(images, training=False)["logits"].numpy()
+    expected = checkpoints.load_compressed(spec)(images, training=False)["logits"].numpy()
     assert compression.logits_equal(np.abs(served - expected).max(), np.abs(expected).max())

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from epsilon_resnet import console, run_folder
+from epsilon_resnet import atomic, console, run_folder
 from epsilon_resnet.cli import cifar_main, compress_main
 from cli_helpers import exit_code, write_tiny_config
 from test_run_folder import ended_pid
@@ -168,7 +168,7 @@ def incomplete_checkpoints(stopped):
 
 
 def is_temporary(relative):
-    return any(run_folder.TEMPORARY.fullmatch(part) for part in relative.split(os.sep))
+    return any(atomic.TEMPORARY.fullmatch(part) for part in relative.split(os.sep))
 
 
 def assert_nothing_else_touched(before, after, designed_removals=()):

@@ -1,16 +1,16 @@
-"""Where a benchmark's numbers come from: date, commit (and what differed from it) and the
-machine, without the host's name; and writing a results file so that no reader sees half of it.
-No TensorFlow, so the reproduction driver can use it too."""
+"""Where a results file's numbers come from: date, commit (and what differed from it) and the
+machine, without the host's name; and splicing a generated section into a README. No
+TensorFlow: the benchmarks and the reproduction driver, clients of the package, both use it."""
 import datetime
 import importlib.metadata
 import os
 import platform
 import subprocess
 
-from epsilon_resnet import run_folder
+from epsilon_resnet.atomic import write_atomic
+from epsilon_resnet.errors import RunError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
 
 
 def git_state():
@@ -45,7 +45,19 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_atomic(path, text):
-    """Write beside the target, then rename (run_folder.replace_file): a reader never sees half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    run_folder.replace_file(path, text.encode())
+def readme_section(text, readme_path, markers):
+    """(start, end) of what lies between the README's two marker lines."""
+    first, last = markers
+    begin, end = text.find(first + "\n"), text.find(last)
+    if begin < 0 or end < begin:
+        raise RunError(f"{readme_path} has no section between the lines {first!r} and {last!r}: "
+                       "add them where the section goes")
+    return begin + len(first) + 1, end
+
+
+def splice_readme(readme_path, markdown, markers):
+    """Put the Markdown between the README's two marker lines, replacing what was there."""
+    with open(readme_path) as f:
+        text = f.read()
+    start, end = readme_section(text, readme_path, markers)
+    write_atomic(readme_path, text[:start] + markdown + text[end:])
