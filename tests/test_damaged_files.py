@@ -136,18 +136,19 @@ def test_export_into_a_read_only_file_system_is_one_line(compressed, tmp_path, c
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("change, said", [
-    ({"image_shape": [0, 32, 3]}, "image_shape [height, width, channels] of whole numbers >= 1, got 10 and [0, 32, 3]"),
-    ({"image_shape": [32, 32]}, "got 10 and [32, 32]"),
-    ({"num_classes": 0}, "expected num_classes >= 1"),
+@pytest.mark.parametrize("section, change, said", [
+    ("architecture", {"image_shape": [0, 32, 3]}, "architecture: image_shape[0] must be a whole number >= 1, got 0"),
+    ("architecture", {"image_shape": [32, 32]}, "architecture: image_shape must be [height, width, channels]"),
+    (None, {"num_classes": 0}, "expected num_classes >= 1"),
 ])
-def test_a_cfg_with_an_impossible_shape_is_one_line(compressed, tmp_path, capsys, change, said):
+def test_a_cfg_with_an_impossible_shape_is_one_line(compressed, tmp_path, capsys, section, change, said):
     raw = yaml.safe_load((compressed[1] / "compressed_model_6.cfg").read_text())
-    raw.update(change, weights=str(compressed[1] / "compressed_model_6"))
+    (raw[section] if section else raw).update(change)
+    raw["weights"] = str(compressed[1] / "compressed_model_6")
     (tmp_path / "bad.cfg").write_text(yaml.safe_dump(raw))
     assert evaluate("--cfg", tmp_path / "bad.cfg") == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {tmp_path}/bad.cfg: ") and said in err and err.count("\n") == 1
+    assert err.startswith(f"error: {tmp_path}/bad.cfg: ") and said in err and err.count("\n") == 1, err
 
 
 def test_a_missing_weights_file_of_a_compressed_network_is_named_missing(compressed, tmp_path, capsys):
