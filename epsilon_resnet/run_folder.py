@@ -30,7 +30,7 @@ import shutil
 from epsilon_resnet import config as config_lib
 from epsilon_resnet.atomic import temporary_writer, write_atomic
 from epsilon_resnet.errors import CheckpointError, FileError, RunError
-from epsilon_resnet.structures import GATE_METRICS, IS_DISCARDED  # noqa: F401 (the metric keys' names)
+
 
 logger = logging.getLogger("epsilon_resnet")
 
@@ -57,8 +57,7 @@ def compressed_name(step):
 
 
 # ---- metric keys ----------------------------------------------------------------------------
-# Each gate's moving averages (structures.GATE_METRICS, re-exported here for readers of
-# metrics) are recorded per block.
+# Each gate's moving averages (structures.GATE_METRICS) are recorded per block.
 def block_metric(block, stat):
     """The metrics key of one gate's moving average (a GATE_METRICS name), e.g. "res2.9/is_discarded"."""
     return f"{block}/{stat}"

@@ -5,7 +5,7 @@ import dataclasses
 import hashlib
 import os
 
-from epsilon_resnet import compressed_cfg, run_folder
+from epsilon_resnet import compressed_cfg, run_folder, structures
 from epsilon_resnet.structures import cifar_resnet
 from reproduction import kept, shown
 from reproduction.selection import SELECTION_RULE, TOLERANCE, choose_epsilon, stats
@@ -61,8 +61,8 @@ def run_record(run, invocation):
     records = run_folder.read_metrics(run.kept_dir)
     last, done, recorded = records[-1], kept.read_json(run.kept_dir, kept.RUN_FILE), kept.recorded_numbers(run.kept_dir)
     entry = done["ledger"]
-    gates = {block: [r.get(run_folder.block_metric(block, run_folder.IS_DISCARDED)) for r in records]
-             for block in run_folder.block_metrics(last, run_folder.IS_DISCARDED)}
+    gates = {block: [r.get(run_folder.block_metric(block, structures.IS_DISCARDED)) for r in records]
+             for block in run_folder.block_metrics(last, structures.IS_DISCARDED)}
     responses = {block: [r.get(run_folder.block_metric(block, RESPONSE)) for r in records]
                  for block in run_folder.block_metrics(last, RESPONSE)}
     compression = compression_record(run, entry, last, done["compressed_evaluation"])

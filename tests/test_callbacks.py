@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from epsilon_resnet import callbacks as cbs
-from epsilon_resnet import gate, run_folder
+from epsilon_resnet import gate, structures
 from epsilon_resnet.run_folder import read_metrics
 from epsilon_resnet.networks import build_resnet
 from epsilon_resnet.structures import cifar_resnet
@@ -68,7 +68,7 @@ def test_discarded_ratio_is_the_count_over_the_gated_blocks(model):
     assert summary["discarded_cnt"] == pytest.approx(1.5)
     assert summary["discarded_ratio"] == pytest.approx(1.5 / 3)  # 3 gated blocks, not 4 units
     assert {k for k in summary if "/" in k} == {f"{b}/{s}" for b in ("res1.1", "res2.0", "res3.0")
-                                                for s in run_folder.GATE_METRICS}
+                                                for s in structures.GATE_METRICS}
 
 
 @pytest.mark.parametrize("monitor_first", [False, True])

@@ -11,7 +11,7 @@ import tensorflow as tf
 import yaml
 
 from benchmarks.inference_gate import discard_tolerance
-from epsilon_resnet import checkpoints, compressed_cfg, export, pruning, run_folder
+from epsilon_resnet import checkpoints, compressed_cfg, export, pruning, run_folder, structures
 from epsilon_resnet import compression as C
 from epsilon_resnet import config as config_lib
 from epsilon_resnet import data
@@ -264,7 +264,7 @@ def write_run(folder, source, steps=(6, 12), raw_config=RUN_CONFIG, closed=CLOSE
         checkpoints.write_checkpoint(checkpoint, folder, f"{run_folder.CHECKPOINT_NAME}-{step}")
         run_folder.append_metrics(os.path.join(folder, run_folder.METRICS_FILE), {
             "epoch": epoch, "global_step": step, "val_error": 0.5 + epoch / 100, "val_error_side": 0.7,
-            "epsilon": 0.0, **{run_folder.block_metric(b, run_folder.IS_DISCARDED): a for b, a in averages.items()}})
+            "epsilon": 0.0, **{run_folder.block_metric(b, structures.IS_DISCARDED): a for b, a in averages.items()}})
     return gated
 
 

@@ -40,7 +40,7 @@ GATE_CASES = textwrap.dedent('''
     import tensorflow as tf
 
     from epsilon_resnet.gate import StrictIdentity
-    from epsilon_resnet.run_folder import GATE_METRICS as MONITORED
+    from epsilon_resnet.structures import GATE_METRICS as MONITORED
 
     def gate_cases(strategy):
         """{case: {"single": ..., "replicas": ...}}: gate (output / F) and moving averages."""
@@ -74,7 +74,7 @@ RECORDER = textwrap.dedent('''
     import keras
 
     from epsilon_resnet.gate import gates_of
-    from epsilon_resnet.run_folder import GATE_METRICS as MONITORED
+    from epsilon_resnet.structures import GATE_METRICS as MONITORED
 
     class GateRecorder(keras.callbacks.Callback):
         """Per step: [per local replica: [per gate: (is_discarded, response_abs_max, response_mean_max)]]."""

@@ -24,7 +24,7 @@ PER_REPLICA = textwrap.dedent('''
     from epsilon_resnet import distribute
     from epsilon_resnet.gate import StrictIdentity, gates_of
     from epsilon_resnet.networks import build_resnet
-    from epsilon_resnet.run_folder import GATE_METRICS as MONITORED
+    from epsilon_resnet.structures import GATE_METRICS as MONITORED
     from epsilon_resnet.structures import cifar_resnet
 
     strategy = distribute.make_strategy(cpu_replicas=2)

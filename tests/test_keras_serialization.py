@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from epsilon_resnet import gate
 from epsilon_resnet.gate import StrictIdentity, gates_of
-from epsilon_resnet.run_folder import GATE_METRICS as MONITORED
+from epsilon_resnet.structures import GATE_METRICS as MONITORED
 from epsilon_resnet.networks import ChannelPad, PixelNormalization, build_resnet
 from epsilon_resnet.structures import cifar_resnet
 

@@ -93,7 +93,7 @@ def test_lr_phases_from_a_curve():
 # differently from the gated one (its logits differ).
 FAKE_TRAIN = textwrap.dedent('''
     import argparse, os, sys, yaml
-    from epsilon_resnet import run_folder
+    from epsilon_resnet import run_folder, structures
     p = argparse.ArgumentParser(); p.add_argument("--config"); p.add_argument("-o"); p.add_argument("--data")
     a = p.parse_args()
     c = yaml.safe_load(open(a.config))
@@ -106,7 +106,7 @@ FAKE_TRAIN = textwrap.dedent('''
     done = len(run_folder.read_metrics(run_dir)) if os.path.exists(os.path.join(run_dir, run_folder.METRICS_FILE)) else 0
     crash = os.environ.get("FAKE_CRASH", "")
     for epoch in range(done + 1, c["train"]["max_epoch"] + 1):
-        gates = {run_folder.block_metric(f"res{s}.0", run_folder.IS_DISCARDED): float(s <= closed) for s in (1, 2, 3)}
+        gates = {run_folder.block_metric(f"res{s}.0", structures.IS_DISCARDED): float(s <= closed) for s in (1, 2, 3)}
         error = 0.3 + 0.05 * (holdout > 0) + added + seed / 10000 - 0.01 * epoch
         run_folder.append_metrics(os.path.join(run_dir, run_folder.METRICS_FILE), {
             "epoch": epoch, "global_step": 10 * epoch, "val_error": error, "val_error_per_batch": error + 0.002,
@@ -117,13 +117,13 @@ FAKE_TRAIN = textwrap.dedent('''
 ''')
 FAKE_COMPRESS = textwrap.dedent('''
     import argparse, os
-    from epsilon_resnet import compressed_cfg, run_folder
+    from epsilon_resnet import compressed_cfg, run_folder, structures
     from epsilon_resnet.compressed_cfg import CompressedSpec
     from epsilon_resnet.structures import cifar_resnet
     p = argparse.ArgumentParser(); p.add_argument("--dir"); p.add_argument("--step", type=int); p.add_argument("--data")
     a = p.parse_args()
     last = run_folder.read_metrics(a.dir)[-1]
-    closed = run_folder.block_metrics(last, run_folder.IS_DISCARDED)
+    closed = run_folder.block_metrics(last, structures.IS_DISCARDED)
     blocks = [block for block, value in closed.items() if value == 1.0]
     flickers = last["epsilon"] == 3.0  # and its evaluation scores 0.001 worse than the gated network
     kept = cifar_resnet(1).compressed(blocks)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from epsilon_resnet import atomic, compressed_cfg, run_folder
+from epsilon_resnet import atomic, compressed_cfg, run_folder, structures
 from epsilon_resnet.compressed_cfg import CompressedSpec
 from epsilon_resnet.errors import RunError
 from epsilon_resnet.structures import cifar_resnet
@@ -17,16 +17,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_metrics_records_round_trip_and_the_last_record_of_an_epoch_wins(tmp_path):
     path = str(tmp_path / run_folder.METRICS_FILE)
     first = {"epoch": 1, "global_step": 10, "val_error": 0.5,
-             run_folder.block_metric("res1.0", run_folder.IS_DISCARDED): 0.25}
+             run_folder.block_metric("res1.0", structures.IS_DISCARDED): 0.25}
     again = {**first, "val_error": 0.4}  # epoch 1 once more, after a resume
-    second = {"epoch": 2, "global_step": 20, run_folder.block_metric("res1.0", run_folder.IS_DISCARDED): 1.0,
-              run_folder.block_metric("res1.1", run_folder.IS_DISCARDED): 0.0}
+    second = {"epoch": 2, "global_step": 20, run_folder.block_metric("res1.0", structures.IS_DISCARDED): 1.0,
+              run_folder.block_metric("res1.1", structures.IS_DISCARDED): 0.0}
     for record in (first, again, second):
         run_folder.append_metrics(path, record)
     assert run_folder.read_metrics(str(tmp_path)) == [again, second]
     with open(path) as f:
         assert all(line.startswith(run_folder.RECORD_START) for line in f)
-    assert run_folder.block_metrics(second, run_folder.IS_DISCARDED) == {"res1.0": 1.0, "res1.1": 0.0}
+    assert run_folder.block_metrics(second, structures.IS_DISCARDED) == {"res1.0": 1.0, "res1.1": 0.0}
 
 
 def test_an_evaluation_record_round_trips_and_is_never_overwritten(tmp_path, monkeypatch):
