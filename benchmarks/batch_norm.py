@@ -44,8 +44,8 @@ def main(argv=None):
     print(f"ResNet-{6 * args.n + 2} training step, batch {args.batch}: median seconds per step "
           + ", ".join(f"{k} {v:.3f}" for k, v in result["seconds_per_step"].items()))
     for network, ratio in ratios.items():
-        print(f"  {network} fused/keras = {ratio['ratio']:.3f} (95% CI {ratio['low']:.3f}..{ratio['high']:.3f}, "
-              f"{ratio['rounds']} rounds)" + (f"; target <= {TARGET}: {result['verdict']}" if network == "plain" else ""))
+        print(f"  {network} fused/keras = {common.ratio_text(ratio)}"
+              + (f"; target <= {TARGET}: {result['verdict']}" if network == "plain" else ""))
     print("batch norms' share of the plain step's op time: "
           + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
     common.finish(NAME, parser, args, result, watch)

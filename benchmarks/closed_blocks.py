@@ -80,8 +80,8 @@ def main(argv=None):
           + ", ".join(f"{k} {v:.3f}" for k, v in result["seconds_per_step"].items()))
     for name, ratio in ratios.items():
         target = result["targets"].get(name)
-        print(f"  {name}/open = {ratio['ratio']:.3f} (95% CI {ratio['low']:.3f}..{ratio['high']:.3f}, "
-              f"{ratio['rounds']} rounds)" + (f"; target <= {target}: {result['verdicts'][name]}" if target else ""))
+        print(f"  {name}/open = {common.ratio_text(ratio)}"
+              + (f"; target <= {target}: {result['verdicts'][name]}" if target else ""))
     print(f"  open/open_no_skip = {skip_cost['ratio']:.3f} (95% CI {skip_cost['low']:.3f}..{skip_cost['high']:.3f}); "
           f"not slower: {result['open_no_slower']}; gates closed per variant: {closed}")
     common.finish(NAME, parser, args, result, watch)

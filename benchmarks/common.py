@@ -147,6 +147,11 @@ def ratio_interval(ratios, confidence=0.95):
             "confidence": confidence, "sd_log": sd}
 
 
+def ratio_text(ratio):
+    """A `paired_ratio` as the benchmarks print it: the ratio, its 95% interval and the rounds."""
+    return f"{ratio['ratio']:.3f} (95% CI {ratio['low']:.3f}..{ratio['high']:.3f}, {ratio['rounds']} rounds)"
+
+
 def paired_ratio(values, numerator, denominator, confidence=0.95):
     """The per-round ratios numerator/denominator of {name: [value per round]} (seconds or
     rates), each pairing blocks that ran next to each other: `ratio_interval` (geometric mean,

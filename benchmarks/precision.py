@@ -97,8 +97,7 @@ def main(argv=None):
               "convolution_ops_seconds": convolutions, "onednn": primitives}
     print(f"ε-ResNet-{6 * args.n + 2} training step, batch {args.batch}, all gates open: median seconds per step "
           + ", ".join(f"{k} {v:.3f}" for k, v in result["seconds_per_step"].items()))
-    print(f"  mixed_bfloat16/float32 = {ratio['ratio']:.3f} (95% CI {ratio['low']:.3f}..{ratio['high']:.3f}, "
-          f"{ratio['rounds']} rounds)")
+    print(f"  mixed_bfloat16/float32 = {common.ratio_text(ratio)}")
     print("CPU flags: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items())
           + f"; AMX kernels ran: {'yes' if amx_ran else 'no'}"
           + ("" if result["amx_on_cpu"] else " (this CPU has no AMX)"))
