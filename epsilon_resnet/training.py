@@ -385,8 +385,6 @@ def train_and_evaluate(config, run_dir, load=None, resume=False, strategy=None, 
     runtime.configure(config.train)
     trainer = Trainer(config, run_dir, source=source, strategy=strategy)
     trainer.start(latest, load)
-    if trainer.finished():
-        return trainer.model
     chief = distribute.is_chief(strategy)
     with run_folder.locked(run_dir, "training") if chief else contextlib.nullcontext():
         # Again under the lock: a run that held the folder until now may have saved since.
@@ -394,8 +392,8 @@ def train_and_evaluate(config, run_dir, load=None, resume=False, strategy=None, 
         if now != latest:
             latest = now
             trainer.start(latest, load)
-            if trainer.finished():
-                return trainer.model
+        if trainer.finished():  # under the lock, whose sweep removes what a killed writer left
+            return trainer.model
         run_folder.prepare(run_dir, config, write=chief)
         setup_logging(run_dir if chief else None)
         if note:
