@@ -64,9 +64,9 @@ def test_a_wide_network_loses_its_closed_blocks_by_both_paths():
 
 def test_a_wide_resnet_trains_compresses_evaluates_and_exports(tmp_path, monkeypatch, capsys):
     """cifarEpsilonResnet.py → compressModel.py → cifarCompressedResnet.py --export on the sample data,
-    with model.width 2 (n 1: stage widths 32, 64, 128)."""
+    for WRN-16-4's shape (n 2, model.width 4: stage widths 64, 128, 256)."""
     monkeypatch.chdir(tmp_path)
-    config = {"data": {"name": "cifar10", "dir": SAMPLE}, "model": {"n": 1, "width": 2, "epsilon": 0.0},
+    config = {"data": {"name": "cifar10", "dir": SAMPLE}, "model": {"n": 2, "width": 4, "epsilon": 0.0},
               "train": {"batch_size": 8, "eval_batch_size": 50, "eval_batches": 1, "max_epoch": 1,
                         "steps_per_epoch": 2, "seed": 0}}
     (tmp_path / "wide.yaml").write_text(json.dumps(config))  # JSON is YAML
@@ -74,11 +74,11 @@ def test_a_wide_resnet_trains_compresses_evaluates_and_exports(tmp_path, monkeyp
     assert read_metrics("train_log.wide")[-1]["global_step"] == 2
     assert exit_code(compress_main, "--dir", "train_log.wide", "--step", 2) == 0
     spec = compressed_cfg.read("train_log.wide/compressed_model_2.cfg")
-    assert spec.architecture == cifar_resnet(1, 2).compressed(spec.discarded_blocks)
+    assert spec.architecture == cifar_resnet(2, 4).compressed(spec.discarded_blocks)
     assert spec.check["logits_equal"] and spec.check["gated_error"] == spec.check["compressed_error"]
     capsys.readouterr()
 
-    assert exit_code(cifar_compressed_main, "--cfg", "train_log.wide/compressed_model_2.cfg", "-n", 1,
+    assert exit_code(cifar_compressed_main, "--cfg", "train_log.wide/compressed_model_2.cfg", "-n", 2,
                      "--export", "exported") == 0
     assert capsys.readouterr().out.splitlines()[0] == f"Error: {spec.check['compressed_error']}"
     images = next(iter(data.get_source("cifar10", SAMPLE).eval_dataset(16)))[0]
